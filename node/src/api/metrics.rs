@@ -1,0 +1,70 @@
+//! Prometheus metrics: requests by route and status, request latency, messages committed,
+//! open event streams. Served as text at `/metrics`.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
+    /// Messages committed by this node's log.
+    pub messages: Counter,
+    /// Open SSE/WebSocket streams.
+    pub streams: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chorus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let messages = Counter::default();
+        let streams = Gauge::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        registry.register("messages", "Chat messages committed", messages.clone());
+        registry.register("event_streams", "Open event streams (SSE and WebSocket)", streams.clone());
+        Self { registry, requests, latency, messages, streams }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Middleware: counts and times every request by its route template (not its raw path, so
+/// label cardinality stays bounded).
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    metrics.latency.observe(start.elapsed().as_secs_f64());
+    metrics.requests.get_or_create(&RequestLabels { method, route, status: resp.status().as_u16() }).inc();
+    resp
+}

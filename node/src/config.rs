@@ -1,0 +1,87 @@
+//! Command-line and environment configuration (every flag has a `CHORUS_*` fallback).
+
+use crate::api::limits::LimitConfig;
+use crate::service::ServiceConfig;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `chorus-node`: one peer of a Chorus cluster.
+#[derive(Debug, Parser)]
+#[command(name = "chorus-node", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the node.
+    Run(RunConfig),
+    /// Print this node's PeerId (creates the key if needed).
+    Id {
+        /// Data directory.
+        #[arg(long, env = "CHORUS_DATA_DIR", default_value = "chorus-data")]
+        data_dir: PathBuf,
+    },
+    /// Print a digest of the stored data as JSON (the node must be stopped).
+    Inspect {
+        /// Data directory.
+        #[arg(long, env = "CHORUS_DATA_DIR", default_value = "chorus-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `chorus-node run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    /// Data directory (RocksDB and the node key).
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "chorus-data")]
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    #[arg(long, env = "CHORUS_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Largest file upload in bytes.
+    #[arg(long, env = "CHORUS_MAX_FILE_SIZE", default_value_t = 50 * 1024 * 1024)]
+    pub max_file_size: u64,
+    /// Session lifetime in hours.
+    #[arg(long, env = "CHORUS_SESSION_TTL_HOURS", default_value_t = 720)]
+    pub session_ttl_hours: u64,
+    /// Authenticated requests per user per second (0: unlimited).
+    #[arg(long, env = "CHORUS_USER_RPS", default_value_t = 200)]
+    pub user_rps: u32,
+    /// Login attempts per username per minute (0: unlimited).
+    #[arg(long, env = "CHORUS_LOGINS_PER_MINUTE", default_value_t = 10)]
+    pub logins_per_minute: u32,
+    /// Registrations per client address per minute (0: unlimited).
+    #[arg(long, env = "CHORUS_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
+    pub registrations_per_minute: u32,
+}
+
+impl RunConfig {
+    /// Defaults with `data_dir` and `http` set (tests and benches).
+    pub fn new(data_dir: PathBuf, http: SocketAddr) -> Self {
+        let mut c = Cli::parse_from(["chorus-node", "run"]);
+        let CliCommand::Run(ref mut run) = c.command else { unreachable!("parsed `run`") };
+        run.data_dir = data_dir;
+        run.http = http;
+        run.clone()
+    }
+
+    /// The service part.
+    pub fn service(&self) -> ServiceConfig {
+        ServiceConfig { session_ttl: Duration::from_secs(self.session_ttl_hours * 3600), max_file_size: self.max_file_size }
+    }
+
+    /// The rate-limit part.
+    pub fn limits(&self) -> LimitConfig {
+        LimitConfig {
+            user_rps: self.user_rps,
+            logins_per_minute: self.logins_per_minute,
+            registrations_per_minute: self.registrations_per_minute,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Wiring: open storage, start the log writer, build the service and the router, serve HTTP,
+//! and shut down in order (stop accepting, end streams, drain requests, stop the writer,
+//! flush RocksDB).
+//!
+//! ```text
+//! run ─┬─ writer thread (replication::Log)      ends when the last Log handle drops
+//!      ├─ HTTP server (axum, graceful)          ends on shutdown, after draining
+//!      └─ limiter pruning task                  aborted at shutdown
+//! ```
+
+use crate::api::{self, limits::Limits, metrics::Metrics, AppState, ClusterInfo};
+use crate::config::RunConfig;
+use crate::overlay::identity;
+use crate::replication::Log;
+use crate::service::{Hub, Service};
+use crate::storage::{StorageError, Store};
+use chorus_protocol::api::{ClusterView, MemberView, NodeView};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why a node could not start or stopped uncleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage failed to open or flush.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The node key could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Binding or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// The cluster as a lone node sees it: itself, with every role.
+struct LoneNode {
+    peer_id: String,
+    http: String,
+}
+
+impl ClusterInfo for LoneNode {
+    fn view(&self) -> ClusterView {
+        let roles: Vec<String> = ["storage", "input", "relay"].map(String::from).to_vec();
+        ClusterView {
+            this: NodeView { peer_id: self.peer_id.clone(), roles: roles.clone(), http: Some(self.http.clone()), addrs: vec![] },
+            coordinator: Some(self.peer_id.clone()),
+            epoch: 0,
+            members: vec![MemberView { peer_id: self.peer_id.clone(), roles, http: Some(self.http.clone()) }],
+            storage_leader: Some(self.peer_id.clone()),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// A started node (see [`start`]).
+pub struct RunningNode {
+    /// Bound HTTP address.
+    pub http: SocketAddr,
+    /// The node's PeerId.
+    pub peer_id: String,
+    /// The service (for in-process tests and benches).
+    pub service: Service,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RunningNode {
+    /// Shuts down in order and waits for it.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.stop.send(());
+        drop(self.service);
+        self.task.await.map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?
+    }
+}
+
+/// Starts a node in the background and returns once it serves HTTP.
+pub async fn start(config: RunConfig) -> Result<RunningNode, NodeError> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(config, async { let _ = stopped.await; }, Some(ready_tx)));
+    match ready_rx.await {
+        Ok((http, peer_id, service)) => Ok(RunningNode { http, peer_id, service, task, stop }),
+        Err(_) => Err(task.await.map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?.err().unwrap_or_else(|| NodeError::Io { context: "start".into(), source: std::io::Error::other("node stopped during start") })),
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    serve(config, shutdown, None).await
+}
+
+type Ready = tokio::sync::oneshot::Sender<(SocketAddr, String, Service)>;
+
+async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static, ready: Option<Ready>) -> Result<(), NodeError> {
+    let key = identity::load_or_create(&config.data_dir)?;
+    let peer_id = key.public().to_peer_id().to_string();
+    let db_dir = config.data_dir.join("db");
+    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&db_dir)).await.map_err(|e| NodeError::Io { context: "open storage".into(), source: std::io::Error::other(e) })??);
+
+    let hub = Arc::new(Hub::default());
+    let metrics = Arc::new(Metrics::default());
+    let on_commit = {
+        let (hub, metrics) = (hub.clone(), metrics.clone());
+        Box::new(move |notices: &[crate::storage::Notice], messages: u64| {
+            hub.notify(notices);
+            metrics.messages.inc_by(messages);
+        })
+    };
+    let (log, writer) = Log::start(store.clone(), on_commit).map_err(io("start the writer thread"))?;
+    let service = Service::new(store.clone(), log, hub.clone(), config.service());
+    let limits = Arc::new(Limits::new(config.limits()));
+
+    let listener = tokio::net::TcpListener::bind(config.http).await.map_err(io(format!("bind HTTP {}", config.http)))?;
+    let http = listener.local_addr().map_err(io("local address"))?;
+    let cluster = Arc::new(LoneNode { peer_id: peer_id.clone(), http: http.to_string() });
+    let state = AppState { service: service.clone(), limits: limits.clone(), metrics, cluster };
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(%peer_id, %http, data_dir = %config.data_dir.display(), "chorus-node serving");
+
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.prune();
+        }
+    });
+    if let Some(ready) = ready {
+        let _ = ready.send((http, peer_id, service.clone()));
+    }
+    drop(service);
+    let closing_hub = hub.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending event streams, draining requests");
+            closing_hub.close();
+        })
+        .await
+        .map_err(io("serve HTTP"));
+    pruner.abort();
+    // The router (and with it every Log handle) is gone: the writer drains and stops.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+    tracing::info!("stopped");
+    result?;
+    flushed.map_err(|e| NodeError::Io { context: "flush".into(), source: std::io::Error::other(e) })??;
+    Ok(())
+}

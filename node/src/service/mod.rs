@@ -1,0 +1,560 @@
+//! The chat domain: authenticate, authorize, validate, build [`Command`]s, submit them to the
+//! log, and answer queries. Knows nothing of HTTP: the api and the tests call it.
+//!
+//! Rules that depend on state (friendship, membership, admin rights) are decided by the
+//! state machine when the command applies, so concurrent requests cannot race past them; the
+//! service adds what needs a clock, randomness or hashing, and the read-side checks.
+
+mod auth;
+mod hub;
+
+pub use hub::Hub;
+
+use crate::replication::{Log, SubmitError};
+use crate::storage::records::FileRec;
+use crate::storage::{StorageError, Store};
+use bytes::Bytes;
+use chorus_protocol::api::*;
+use chorus_protocol::command::Millis;
+use chorus_protocol::ids::{self, ValidationError};
+use chorus_protocol::{Applied, ChatId, Command, CommandError, Event};
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes per stored file chunk.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Most messages one history page returns.
+pub const HISTORY_LIMIT_MAX: usize = 500;
+/// Most events one catch-up read returns.
+pub const EVENTS_LIMIT_MAX: usize = 1000;
+/// Uploads buffered at once (each up to the file size limit).
+const CONCURRENT_UPLOADS: usize = 8;
+
+/// Service settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Largest accepted upload.
+    pub max_file_size: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { session_ttl: Duration::from_secs(30 * 24 * 3600), max_file_size: 50 * 1024 * 1024 }
+    }
+}
+
+/// Why a request failed. Each maps to one HTTP status in the api.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Malformed input.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The state machine refused the command (nothing changed).
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// No, unknown or expired token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Wrong username or password.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Too big.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Cannot commit now.
+    #[error(transparent)]
+    Unavailable(#[from] SubmitError),
+    /// A bug or a broken disk.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage read failed");
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// An authenticated user.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Username.
+    pub username: String,
+    token_hash: String,
+}
+
+/// The chat service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<Store>,
+    log: Log,
+    hub: Arc<Hub>,
+    config: ServiceConfig,
+    uploads: tokio::sync::Semaphore,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Service {
+    /// A service over `store`, writing through `log`, waking streams through `hub`.
+    pub fn new(store: Arc<Store>, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
+        let uploads = tokio::sync::Semaphore::new(CONCURRENT_UPLOADS);
+        Self { inner: Arc::new(Inner { store, log, hub, config, uploads }) }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// Runs a blocking storage read off the async workers.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> std::result::Result<T, StorageError> + Send + 'static,
+    {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
+            .map_err(ServiceError::from)
+    }
+
+    async fn submit(&self, command: Command) -> Result<Applied> {
+        Ok(self.inner.log.submit(command).await??)
+    }
+
+    // ---- accounts and sessions ----
+
+    /// Registers a user.
+    pub async fn register(&self, req: RegisterRequest) -> Result<Profile> {
+        ids::validate_username(&req.username)?;
+        ids::validate_password(&req.password)?;
+        let display_name = ids::normalize_display_name(req.display_name.as_deref())?;
+        let name = req.username.clone();
+        if self.read(move |s| s.user(&name)).await?.is_some() {
+            return Err(CommandError::UsernameTaken(req.username).into());
+        }
+        let password = req.password;
+        let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(ServiceError::Internal)?;
+        let at = now_ms();
+        let username = req.username;
+        let cmd = Command::CreateAccount { username: username.clone(), display_name: display_name.clone(), password_hash, at };
+        self.submit(cmd).await?;
+        Ok(Profile { display_name: display_name.unwrap_or_else(|| username.clone()), username, created_at: at })
+    }
+
+    /// Checks a password and opens a session.
+    pub async fn login(&self, req: LoginRequest) -> Result<SessionResponse> {
+        if ids::validate_username(&req.username).is_err() || req.password.len() > ids::PASSWORD_MAX {
+            return Err(ServiceError::InvalidCredentials);
+        }
+        let name = req.username.clone();
+        let user = self.read(move |s| s.user(&name)).await?;
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let password = req.password;
+        let ok = tokio::task::spawn_blocking(move || {
+            let matched = auth::verify_password(&password, phc.as_deref().unwrap_or_else(|| auth::dummy_hash()));
+            matched && phc.is_some()
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if !ok {
+            return Err(ServiceError::InvalidCredentials);
+        }
+        let token = auth::new_token();
+        let at = now_ms();
+        let expires_at = at + self.inner.config.session_ttl.as_millis() as Millis;
+        let cmd = Command::CreateSession { token_hash: auth::token_hash(&token), username: req.username.clone(), expires_at, at };
+        self.submit(cmd).await?;
+        Ok(SessionResponse { token, expires_at, username: req.username })
+    }
+
+    /// Ends the caller's session.
+    pub async fn logout(&self, caller: &Caller) -> Result<()> {
+        self.submit(Command::DeleteSession { token_hash: caller.token_hash.clone() }).await?;
+        Ok(())
+    }
+
+    /// The user behind a bearer token.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(ServiceError::Unauthorized("invalid or expired token"));
+        }
+        let token_hash = auth::token_hash(token);
+        let key = token_hash.clone();
+        let session = self.read(move |s| s.session(&key)).await?;
+        match session {
+            Some(s) if s.expires_at > now_ms() => Ok(Caller { username: s.username, token_hash }),
+            _ => Err(ServiceError::Unauthorized("invalid or expired token")),
+        }
+    }
+
+    /// A public profile.
+    pub async fn profile(&self, username: &str) -> Result<Profile> {
+        if ids::validate_username(username).is_err() {
+            return Err(CommandError::UserNotFound(username.to_owned()).into());
+        }
+        let name = username.to_owned();
+        let user = self.read(move |s| s.user(&name)).await?;
+        let u = user.ok_or_else(|| CommandError::UserNotFound(username.to_owned()))?;
+        Ok(Profile { display_name: u.display_name.unwrap_or_else(|| u.username.clone()), username: u.username, created_at: u.created_at })
+    }
+
+    // ---- friends ----
+
+    /// Asks `to` for friendship.
+    pub async fn send_friend_request(&self, caller: &Caller, to: &str) -> Result<FriendRequestResult> {
+        ids::validate_username(to)?;
+        let cmd = Command::SendFriendRequest { from: caller.username.clone(), to: to.to_owned(), at: now_ms() };
+        let accepted = matches!(self.submit(cmd).await?, Applied::FriendRequest { accepted: true });
+        Ok(FriendRequestResult { to: to.to_owned(), status: if accepted { "accepted" } else { "pending" }.into() })
+    }
+
+    /// Pending requests to and from the caller.
+    pub async fn friend_requests(&self, caller: &Caller) -> Result<FriendRequests> {
+        let me = caller.username.clone();
+        self.read(move |s| s.friend_requests(&me)).await
+    }
+
+    /// Accepts or declines the request from `from`.
+    pub async fn respond_friend_request(&self, caller: &Caller, from: &str, accept: bool) -> Result<()> {
+        ids::validate_username(from)?;
+        let cmd = Command::RespondFriendRequest { from: from.to_owned(), to: caller.username.clone(), accept, at: now_ms() };
+        self.submit(cmd).await?;
+        Ok(())
+    }
+
+    /// The caller's friends.
+    pub async fn friends(&self, caller: &Caller) -> Result<Vec<Friend>> {
+        let me = caller.username.clone();
+        self.read(move |s| s.friends(&me)).await
+    }
+
+    /// Ends a friendship.
+    pub async fn unfriend(&self, caller: &Caller, friend: &str) -> Result<()> {
+        ids::validate_username(friend)?;
+        let cmd = Command::RemoveFriend { user: caller.username.clone(), friend: friend.to_owned(), at: now_ms() };
+        self.submit(cmd).await?;
+        Ok(())
+    }
+
+    // ---- chats and messages ----
+
+    /// The chats the caller is in.
+    pub async fn chats(&self, caller: &Caller) -> Result<Vec<ChatSummary>> {
+        let me = caller.username.clone();
+        self.read(move |s| s.chats_of(&me)).await
+    }
+
+    /// Sends a DM to a friend.
+    pub async fn send_dm(&self, caller: &Caller, to: &str, req: SendMessageRequest) -> Result<SendMessageResponse> {
+        ids::validate_username(to)?;
+        if to == caller.username {
+            return Err(CommandError::SelfFriendship.into());
+        }
+        self.send(caller, ChatId::dm(&caller.username, to), req).await
+    }
+
+    /// Sends to a chat by id (DM or group).
+    pub async fn send_to_chat(&self, caller: &Caller, chat_id: &str, req: SendMessageRequest) -> Result<SendMessageResponse> {
+        let chat_id = chat_id.parse::<ChatId>().map_err(|_| CommandError::ChatNotFound)?;
+        self.send(caller, chat_id, req).await
+    }
+
+    async fn send(&self, caller: &Caller, chat_id: ChatId, req: SendMessageRequest) -> Result<SendMessageResponse> {
+        ids::validate_message(&req.text, &req.files)?;
+        if let Some(c) = &req.client_msg_id {
+            ids::validate_client_msg_id(c)?;
+        }
+        let mut files = req.files;
+        files.dedup();
+        if !files.is_empty() {
+            let me = caller.username.clone();
+            let wanted = files.clone();
+            let missing = self
+                .read(move |s| {
+                    for f in wanted {
+                        let visible = match s.file(&f)? {
+                            Some(rec) => s.file_visible_to(&rec, &me)?,
+                            None => false,
+                        };
+                        if !visible {
+                            return Ok(Some(f));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await?;
+            if let Some(f) = missing {
+                return Err(CommandError::FileNotFound(f).into());
+            }
+        }
+        let cmd = Command::SendMessage {
+            chat_id,
+            id: fresh_id(),
+            sender: caller.username.clone(),
+            text: req.text,
+            files,
+            client_msg_id: req.client_msg_id,
+            sent_at: now_ms(),
+        };
+        match self.submit(cmd).await? {
+            Applied::MessageSent { chat_id, seq, id, sent_at } => Ok(SendMessageResponse { chat_id, seq, id, sent_at }),
+            other => Err(ServiceError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// History of a chat the caller is in: seq > `after`, oldest first.
+    pub async fn messages(&self, caller: &Caller, chat_id: &str, after: u64, limit: Option<usize>) -> Result<MessagesPage> {
+        let chat_id = chat_id.parse::<ChatId>().map_err(|_| CommandError::ChatNotFound)?;
+        let limit = limit.unwrap_or(100).clamp(1, HISTORY_LIMIT_MAX);
+        let me = caller.username.clone();
+        self.read(move |s| {
+            let chat = s.chat(&chat_id)?.filter(|c| c.members.contains(&me));
+            let Some(chat) = chat else { return Ok(None) };
+            let messages = s.messages(&chat_id, after, limit)?;
+            Ok(Some(MessagesPage { messages, last_seq: chat.last_seq }))
+        })
+        .await?
+        .ok_or_else(|| CommandError::ChatNotFound.into())
+    }
+
+    // ---- groups ----
+
+    /// Creates a group with the caller as admin.
+    pub async fn create_group(&self, caller: &Caller, req: CreateGroupRequest) -> Result<GroupCreated> {
+        let name = ids::normalize_group_name(&req.name)?;
+        for m in &req.members {
+            ids::validate_username(m)?;
+        }
+        if req.members.len() >= ids::GROUP_MEMBERS_MAX {
+            return Err(CommandError::GroupFull(ids::GROUP_MEMBERS_MAX).into());
+        }
+        let cmd = Command::CreateGroup { group_id: fresh_id(), name, creator: caller.username.clone(), members: req.members, at: now_ms() };
+        match self.submit(cmd).await? {
+            Applied::GroupCreated { group_id, chat_id } => Ok(GroupCreated { group_id, chat_id }),
+            other => Err(ServiceError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// A group the caller is in.
+    pub async fn group(&self, caller: &Caller, group_id: &str) -> Result<Group> {
+        if !ids::is_group_id(group_id) {
+            return Err(CommandError::GroupNotFound.into());
+        }
+        let (g, me) = (group_id.to_owned(), caller.username.clone());
+        self.read(move |s| s.group_for(&g, &me)).await?.ok_or_else(|| CommandError::GroupNotFound.into())
+    }
+
+    /// The admin adds a member.
+    pub async fn add_member(&self, caller: &Caller, group_id: &str, username: &str) -> Result<()> {
+        if !ids::is_group_id(group_id) {
+            return Err(CommandError::GroupNotFound.into());
+        }
+        ids::validate_username(username)?;
+        let cmd = Command::AddGroupMember { group_id: group_id.into(), by: caller.username.clone(), username: username.into(), at: now_ms() };
+        self.submit(cmd).await?;
+        Ok(())
+    }
+
+    /// The admin removes a member, or the caller leaves (`username` is the caller).
+    pub async fn remove_member(&self, caller: &Caller, group_id: &str, username: &str) -> Result<()> {
+        if !ids::is_group_id(group_id) {
+            return Err(CommandError::GroupNotFound.into());
+        }
+        ids::validate_username(username)?;
+        let cmd = Command::RemoveGroupMember { group_id: group_id.into(), by: caller.username.clone(), username: username.into(), at: now_ms() };
+        self.submit(cmd).await?;
+        Ok(())
+    }
+
+    // ---- files ----
+
+    /// Stores an upload. The whole body is received (up to the limit) before anything is
+    /// written, so an oversized or broken upload changes nothing.
+    pub async fn upload<S, E>(&self, caller: &Caller, name: Option<String>, content_type: Option<String>, mut body: S) -> Result<FileInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use sha2::{Digest, Sha256};
+        let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).unwrap_or_else(|| "file".into());
+        if name.len() > ids::FILE_NAME_MAX || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
+            return Err(ValidationError::new("name", "file name must be 1-255 bytes without control characters or slashes").into());
+        }
+        let content_type = content_type.filter(|c| c.len() <= 255 && !c.is_empty()).unwrap_or_else(|| "application/octet-stream".into());
+        let _permit = self.inner.uploads.acquire().await.map_err(|_| ServiceError::Internal("upload gate closed".into()))?;
+        let limit = self.inner.config.max_file_size;
+        let mut whole = Sha256::new();
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut current = Vec::with_capacity(CHUNK_SIZE);
+        let mut size: u64 = 0;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    ServiceError::TooLarge(format!("file exceeds the {limit} byte limit"))
+                } else {
+                    ValidationError::new("body", format!("upload interrupted: {e}")).into()
+                }
+            })?;
+            size += piece.len() as u64;
+            if size > limit {
+                return Err(ServiceError::TooLarge(format!("file exceeds the {limit} byte limit")));
+            }
+            whole.update(&piece);
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(CHUNK_SIZE - current.len());
+                current.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if current.len() == CHUNK_SIZE {
+                    chunks.push(std::mem::replace(&mut current, Vec::with_capacity(CHUNK_SIZE)));
+                }
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        let mut hashes = Vec::with_capacity(chunks.len());
+        for data in chunks {
+            let hash = hex::encode(Sha256::digest(&data));
+            hashes.push(hash.clone());
+            self.submit(Command::PutFileChunk { hash, data }).await?;
+        }
+        let file_id = fresh_id();
+        let sha256 = hex::encode(whole.finalize());
+        let cmd = Command::CreateFile {
+            file_id: file_id.clone(),
+            uploader: caller.username.clone(),
+            name: name.clone(),
+            content_type: content_type.clone(),
+            size,
+            sha256: sha256.clone(),
+            chunks: hashes,
+            at: now_ms(),
+        };
+        self.submit(cmd).await?;
+        Ok(FileInfo { file_id, size, sha256, name, content_type })
+    }
+
+    /// A file the caller may read, and a stream of its bytes (read chunk by chunk).
+    pub async fn download(&self, caller: &Caller, file_id: &str) -> Result<(FileRec, impl Stream<Item = std::io::Result<Bytes>> + use<>)> {
+        if !ids::is_file_id(file_id) {
+            return Err(CommandError::FileNotFound(file_id.to_owned()).into());
+        }
+        let (f, me) = (file_id.to_owned(), caller.username.clone());
+        let rec = self
+            .read(move |s| match s.file(&f)? {
+                Some(rec) if s.file_visible_to(&rec, &me)? => Ok(Some(rec)),
+                _ => Ok(None),
+            })
+            .await?
+            .ok_or_else(|| CommandError::FileNotFound(file_id.to_owned()))?;
+        let store = self.inner.store.clone();
+        let chunks = futures::stream::iter(rec.chunks.clone()).then(move |hash| {
+            let store = store.clone();
+            async move {
+                let data = tokio::task::spawn_blocking(move || store.file_chunk(&hash))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?;
+                data.map(Bytes::from).ok_or_else(|| std::io::Error::other("file chunk missing"))
+            }
+        });
+        Ok((rec, chunks))
+    }
+
+    // ---- events ----
+
+    /// The caller's events with seq > `after`.
+    pub async fn events(&self, username: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let me = username.to_owned();
+        let limit = limit.clamp(1, EVENTS_LIMIT_MAX);
+        self.read(move |s| s.events(&me, after, limit)).await
+    }
+
+    /// Newest event seq of a user.
+    pub async fn last_event_seq(&self, username: &str) -> Result<u64> {
+        let me = username.to_owned();
+        self.read(move |s| s.last_event_seq(&me)).await
+    }
+
+    /// Wakes when `username` has new events.
+    pub fn subscribe(&self, username: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.hub.subscribe(username)
+    }
+
+    /// The whole database's digest (inspection and tests).
+    pub async fn digest(&self) -> Result<String> {
+        self.read(|s| s.digest()).await
+    }
+
+    /// Index of the last applied log entry.
+    pub async fn applied_index(&self) -> Result<u64> {
+        self.read(|s| s.applied_index()).await
+    }
+}
+
+impl Service {
+    /// `username`'s event log from seq `after + 1` on, forever: catches up from storage, then
+    /// waits for wake-ups and reads again. Gapless and in order by construction; ends only on
+    /// a storage error (yielded) or shutdown.
+    pub fn event_stream(&self, username: &str, after: u64) -> impl Stream<Item = Result<Event>> + Send + 'static + use<> {
+        struct St {
+            svc: Service,
+            user: String,
+            last: u64,
+            wake: tokio::sync::watch::Receiver<u64>,
+            buf: std::collections::VecDeque<Event>,
+            failed: bool,
+        }
+        // Subscribe before the first read: a commit between the read and the wait still wakes us.
+        let wake = self.subscribe(username);
+        let st = St { svc: self.clone(), user: username.to_owned(), last: after, wake, buf: Default::default(), failed: false };
+        futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if st.failed {
+                    return None;
+                }
+                if let Some(ev) = st.buf.pop_front() {
+                    st.last = ev.seq;
+                    return Some((Ok(ev), st));
+                }
+                match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
+                    Ok(evs) if !evs.is_empty() => st.buf.extend(evs),
+                    Ok(_) => {
+                        if st.wake.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        st.failed = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        })
+    }
+}

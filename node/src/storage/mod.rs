@@ -1,0 +1,217 @@
+//! RocksDB storage: the column-family catalog, the deterministic [`StateMachine`] (the only
+//! code that writes user data) and the read queries the service answers from.
+//!
+//! Column families (see `docs/ARCHITECTURE.md` for key layouts):
+//! users, sessions, friends, friend_requests, groups, members, chats, messages, files,
+//! idempotency, events, meta.
+//!
+//! All calls here block: async callers go through `spawn_blocking` or the writer thread.
+
+mod keys;
+mod queries;
+pub mod records;
+mod state_machine;
+
+pub use state_machine::{ApplyOutput, Notice, StateMachine};
+
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
+use std::path::{Path, PathBuf};
+
+/// Every column family, in catalog order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cf {
+    /// username -> UserRec
+    Users,
+    /// token hash -> SessionRec
+    Sessions,
+    /// user \0 friend -> FriendRec
+    Friends,
+    /// i \0 to \0 from, o \0 from \0 to -> RequestRec
+    FriendRequests,
+    /// group_id -> GroupRec
+    Groups,
+    /// user \0 chat_id -> MemberRec
+    Members,
+    /// chat_id -> ChatRec
+    Chats,
+    /// chat_id \0 seq -> Message
+    Messages,
+    /// c \0 hash -> chunk; m \0 file_id -> FileRec; a \0 file_id \0 chat_id -> ()
+    Files,
+    /// sender \0 chat_id \0 client_msg_id -> Applied
+    Idempotency,
+    /// user \0 seq -> Event
+    Events,
+    /// evseq \0 user -> u64; applied -> u64
+    Meta,
+}
+
+impl Cf {
+    /// All of them.
+    pub const ALL: [Cf; 12] = [
+        Cf::Users,
+        Cf::Sessions,
+        Cf::Friends,
+        Cf::FriendRequests,
+        Cf::Groups,
+        Cf::Members,
+        Cf::Chats,
+        Cf::Messages,
+        Cf::Files,
+        Cf::Idempotency,
+        Cf::Events,
+        Cf::Meta,
+    ];
+
+    /// RocksDB name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Users => "users",
+            Cf::Sessions => "sessions",
+            Cf::Friends => "friends",
+            Cf::FriendRequests => "friend_requests",
+            Cf::Groups => "groups",
+            Cf::Members => "members",
+            Cf::Chats => "chats",
+            Cf::Messages => "messages",
+            Cf::Files => "files",
+            Cf::Idempotency => "idempotency",
+            Cf::Events => "events",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// Storage failures. None of these is the user's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another process holds the database lock.
+    #[error("data dir {0} is in use by another chorus-node (RocksDB lock held)")]
+    InUse(PathBuf),
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value did not decode: corruption or a schema bug.
+    #[error("corrupt record in {cf}: {err}")]
+    Corrupt {
+        /// Column family.
+        cf: &'static str,
+        /// Decoder message.
+        err: String,
+    },
+}
+
+/// The open database.
+pub struct Store {
+    db: DB,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    ///
+    /// WAL recovery is point-in-time: a torn tail record left by a crash is dropped rather than
+    /// refusing to open. Every acknowledged write was fsync'd before its ack, so it precedes any
+    /// torn tail and survives.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock") || text.contains("Resource temporarily unavailable") {
+                StorageError::InUse(dir.to_path_buf())
+            } else {
+                StorageError::Rocks(e)
+            }
+        })?;
+        Ok(Self { db })
+    }
+
+    pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        // Every CF in the catalog is created at open, so this cannot fail after `open`.
+        self.db.cf_handle(cf.name()).expect("column family created at open")
+    }
+
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        self.get(cf, key)?.map(|v| decode(cf, &v)).transpose()
+    }
+
+    /// Rows whose key starts with `prefix`, in key order, from `start` (inclusive, >= prefix).
+    pub(crate) fn scan<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        self.db
+            .iterator_cf(self.cf(cf), mode)
+            .map(|r| r.map_err(StorageError::from))
+            .take_while(move |r| match r {
+                Ok((k, _)) => k.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
+    /// Flushes memtables and the WAL (clean shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+
+    /// SHA-256 over every key and value of every CF, in order: equal digests mean equal
+    /// contents. Used by the determinism tests and `chorus-node inspect`.
+    pub fn digest(&self) -> Result<String, StorageError> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for cf in Cf::ALL {
+            h.update(cf.name().as_bytes());
+            for row in self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
+                let (k, v) = row?;
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(&k);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(&v);
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(cf: Cf, bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt { cf: cf.name(), err: e.to_string() })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain structs of strings and integers: serialization cannot fail.
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+#[cfg(test)]
+mod tests;
