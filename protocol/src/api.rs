@@ -247,6 +247,8 @@ pub enum ErrorCode {
     Conflict,
     /// 413.
     PayloadTooLarge,
+    /// 415: the body is not JSON (missing `Content-Type: application/json`).
+    UnsupportedMediaType,
     /// 429.
     RateLimited,
     /// 503: no quorum / storage unavailable.
@@ -265,6 +267,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
@@ -281,6 +284,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_content_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

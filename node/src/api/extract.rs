@@ -10,17 +10,17 @@ use chorus_protocol::api::ErrorCode;
 /// `axum::Json` whose rejections use the JSON error shape.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
+pub(super) struct Json<T>(pub T);
 
 /// `axum::extract::Query` with the JSON error shape.
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Q<T>(pub T);
+pub(super) struct Q<T>(pub T);
 
 /// `axum::extract::Path` with the JSON error shape.
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct P<T>(pub T);
+pub(super) struct P<T>(pub T);
 
 #[derive(serde::Deserialize)]
 struct TokenQuery {

@@ -323,10 +323,14 @@ async fn groups() {
     let (s, v) = app.post(&members, &a, json!({"username": "carol"})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "already_member"));
 
-    let send = |t: &str, text: &str| app.post(&format!("/api/v1/chats/{chat}/messages"), t, json!({"text": text}));
-    assert_eq!(send(&c, "hi all").await.1["seq"], 1);
-    assert_eq!(send(&b, "hey").await.1["seq"], 2);
-    let (s, _) = send(&d, "let me in").await;
+    let path = format!("/api/v1/chats/{chat}/messages");
+    let send = |t: String, text: &'static str| {
+        let (app, path) = (&app, path.clone());
+        async move { app.post(&path, &t, json!({"text": text})).await }
+    };
+    assert_eq!(send(c.clone(), "hi all").await.1["seq"], 1);
+    assert_eq!(send(b.clone(), "hey").await.1["seq"], 2);
+    let (s, _) = send(d.clone(), "let me in").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // The admin removes bob; bob can no longer read or write.
@@ -336,7 +340,7 @@ async fn groups() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app.get(&format!("/api/v1/chats/{chat}/messages"), &b).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(send(&b, "still here?").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(send(b.clone(), "still here?").await.0, StatusCode::NOT_FOUND);
     let (s, v) = app.req(Method::DELETE, &format!("{members}/dave"), Some(&a), None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_member"));
 
