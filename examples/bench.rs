@@ -67,21 +67,34 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 async fn main() {
     let args = args();
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = NodeProc::start(dir.path(), &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"]);
+    let node = NodeProc::start(
+        dir.path(),
+        &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"],
+    );
     let base = node.url.clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.senders * 2).build().expect("client");
 
     // Users u0..uN, paired (u0,u1), (u2,u3), ... as friends.
     let mut tokens = Vec::new();
     for i in 0..args.senders.max(2) {
-        let name = format!("u{i}");
-        post(&http, format!("{base}/api/v1/accounts"), None, json!({"username": name, "password": "password123"})).await;
-        let s = post(&http, format!("{base}/api/v1/sessions"), None, json!({"username": name, "password": "password123"})).await;
+        let name = format!("user{i}");
+        post(&http, format!("{base}/api/v1/accounts"), None, json!({"username": name, "password": "password123"}))
+            .await;
+        let s =
+            post(&http, format!("{base}/api/v1/sessions"), None, json!({"username": name, "password": "password123"}))
+                .await;
         tokens.push(s["token"].as_str().expect("token").to_owned());
     }
     for i in (0..tokens.len() - 1).step_by(2) {
-        post(&http, format!("{base}/api/v1/friend-requests"), Some(&tokens[i]), json!({"to": format!("u{}", i + 1)})).await;
-        post(&http, format!("{base}/api/v1/friend-requests"), Some(&tokens[i + 1]), json!({"to": format!("u{i}")})).await;
+        post(
+            &http,
+            format!("{base}/api/v1/friend-requests"),
+            Some(&tokens[i]),
+            json!({"to": format!("user{}", i + 1)}),
+        )
+        .await;
+        post(&http, format!("{base}/api/v1/friend-requests"), Some(&tokens[i + 1]), json!({"to": format!("user{i}")}))
+            .await;
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -89,12 +102,14 @@ async fn main() {
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.senders {
-        let (http, base, token, errors) = (http.clone(), base.clone(), tokens[i].clone(), errors.clone());
-        let partner = format!("u{}", i ^ 1);
+    for (i, token) in tokens.iter().take(args.senders).enumerate() {
+        let (http, base, token, errors) = (http.clone(), base.clone(), token.clone(), errors.clone());
+        let partner = format!("user{}", i ^ 1);
+        let senders = args.senders;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut next = Instant::now();
+            // Stagger the senders evenly over one period: an open-loop, evenly spaced load.
+            let mut next = Instant::now() + per_sender.map_or(Duration::ZERO, |g| g * i as u32 / senders as u32);
             let mut n = 0u64;
             while Instant::now() < deadline {
                 if let Some(gap) = per_sender {
@@ -134,13 +149,22 @@ async fn main() {
     let probe_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < probe_until {
         let t = Instant::now();
-        let r = http.get(format!("{base}/api/v1/chats/dm:u0:u1/messages?limit=50")).bearer_auth(&tokens[0]).send().await.expect("history");
+        let r = http
+            .get(format!("{base}/api/v1/chats/dm:user0:user1/messages?limit=50"))
+            .bearer_auth(&tokens[0])
+            .send()
+            .await
+            .expect("history");
         assert!(r.status().is_success());
         let _ = r.bytes().await;
         hist.push(t.elapsed());
     }
     hist.sort();
 
+    let metrics = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.unwrap_or_default();
+    let counter =
+        |name: &str| -> f64 { metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0) };
+    let (messages, batches) = (counter("chorus_messages_total"), counter("chorus_log_batches_total"));
     let out = json!({
         "bench": "single_node",
         "senders": args.senders,
@@ -152,6 +176,7 @@ async fn main() {
         "send_latency_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p999": pct(&lat, 0.999)},
         "history_read_ms": {"reads": hist.len(), "p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99)},
         "node_peak_rss_mib": peak_rss_kib(node.pid()) as f64 / 1024.0,
+        "commands_per_fsync": if batches > 0.0 { messages / batches } else { 0.0 },
     });
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
 }

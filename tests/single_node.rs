@@ -18,7 +18,13 @@ impl Api {
         Api { http: Client::new(), base: base.to_owned() }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -70,14 +76,16 @@ async fn walkthrough_survives_kill_9() {
     api.post("/api/v1/friend-requests", Some(&alice), json!({"to": "bob"})).await;
     let (s, _) = api.call(reqwest::Method::POST, "/api/v1/friend-requests/alice/accept", Some(&bob), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let sent = api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "hi bob", "client_msg_id": "k1"})).await;
+    let sent =
+        api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "hi bob", "client_msg_id": "k1"})).await;
     assert_eq!(sent["seq"], 1);
 
     // SSE delivers the friend request, the friendship and the message, in order.
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !text.contains("hi bob") {
-        let chunk = tokio::time::timeout_at(deadline, sse.next()).await.expect("SSE delivers in time").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout_at(deadline, sse.next()).await.expect("SSE delivers in time").unwrap().unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
@@ -91,7 +99,14 @@ async fn walkthrough_survives_kill_9() {
 
     // A file round trip.
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    let up = api.http.post(format!("{}/api/v1/files?name=data.bin", node.url)).bearer_auth(&alice).body(data.clone()).send().await.unwrap();
+    let up = api
+        .http
+        .post(format!("{}/api/v1/files?name=data.bin", node.url))
+        .bearer_auth(&alice)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(up.status(), StatusCode::CREATED);
     let file: Value = up.json().await.unwrap();
     let file_id = file["file_id"].as_str().unwrap().to_owned();
@@ -124,7 +139,8 @@ async fn walkthrough_survives_kill_9() {
     let down = api.http.get(format!("{}/api/v1/files/{file_id}", node.url)).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(down.bytes().await.unwrap().as_ref(), &data[..]);
     // The retried send still answers seq 1; a new one gets seq 3.
-    let again = api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "hi bob", "client_msg_id": "k1"})).await;
+    let again =
+        api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "hi bob", "client_msg_id": "k1"})).await;
     assert_eq!(again, sent);
     let next = api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "after restart"})).await;
     assert_eq!(next["seq"], 3);
@@ -154,7 +170,12 @@ async fn acknowledged_writes_survive_kill_9_under_load() {
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let text = format!("w{w}-{i}");
-                let r = http.post(format!("{base}/api/v1/dms/bob/messages")).bearer_auth(&token).json(&json!({"text": text})).send().await;
+                let r = http
+                    .post(format!("{base}/api/v1/dms/bob/messages"))
+                    .bearer_auth(&token)
+                    .json(&json!({"text": text}))
+                    .send()
+                    .await;
                 let Ok(r) = r else { break };
                 if r.status() != StatusCode::CREATED {
                     break;
@@ -170,6 +191,17 @@ async fn acknowledged_writes_survive_kill_9_under_load() {
         let _ = t.await;
     }
     let acked = acked.lock().unwrap().clone();
+    // Simulate a torn final WAL record (a write cut short by the crash): the node must still
+    // start, dropping only the torn tail.
+    let wal = std::fs::read_dir(dir.path().join("db"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .expect("a WAL file");
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(&wal).unwrap().write_all(&[0x5a; 13]).unwrap();
     let node = NodeProc::start(dir.path(), &[]);
     let api = Api::new(&node.url);
     let mut stored = Vec::new();
@@ -186,6 +218,10 @@ async fn acknowledged_writes_survive_kill_9_under_load() {
     let got: Vec<u64> = stored.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "gapless after the crash");
     for (seq, text) in &acked {
-        assert_eq!(stored[*seq as usize - 1]["text"].as_str(), Some(text.as_str()), "acknowledged seq {seq} lost or changed");
+        assert_eq!(
+            stored[*seq as usize - 1]["text"].as_str(),
+            Some(text.as_str()),
+            "acknowledged seq {seq} lost or changed"
+        );
     }
 }

@@ -35,7 +35,9 @@ fn session_path() -> Result<PathBuf> {
 pub fn load_session() -> Result<Option<Session>> {
     let path = session_path()?;
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("corrupt session file {}", path.display()))?)),
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("corrupt session file {}", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
@@ -95,7 +97,10 @@ impl Client {
 
     /// Sends and checks the status; errors carry the server's message.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response> {
-        let resp = req.send().await.with_context(|| format!("cannot reach {}: is a chorus-node running there?", self.server))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}: is a chorus-node running there?", self.server))?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -24,15 +24,37 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Register { username, display_name, password } => {
             let password = password_or_prompt(password)?;
-            let v = c.call(Method::POST, "/api/v1/accounts", false, Some(json!({"username": username, "password": password, "display_name": display_name}))).await?;
-            show(&v, &|v| format!("registered {}; now run `chorus login {}`", v["username"].as_str().unwrap_or_default(), v["username"].as_str().unwrap_or_default()));
+            let v = c
+                .call(
+                    Method::POST,
+                    "/api/v1/accounts",
+                    false,
+                    Some(json!({"username": username, "password": password, "display_name": display_name})),
+                )
+                .await?;
+            show(&v, &|v| {
+                format!(
+                    "registered {}; now run `chorus login {}`",
+                    v["username"].as_str().unwrap_or_default(),
+                    v["username"].as_str().unwrap_or_default()
+                )
+            });
         }
         Cmd::Login { username, password } => {
             let password = password_or_prompt(password)?;
-            let v = c.call(Method::POST, "/api/v1/sessions", false, Some(json!({"username": username, "password": password}))).await?;
+            let v = c
+                .call(
+                    Method::POST,
+                    "/api/v1/sessions",
+                    false,
+                    Some(json!({"username": username, "password": password})),
+                )
+                .await?;
             let token = v["token"].as_str().ok_or_else(|| anyhow!("server sent no token"))?.to_owned();
             save_session(&Session { server: c.server.clone(), username: username.clone(), token })?;
-            show(&json!({"username": username, "expires_at": v["expires_at"]}), &|_| format!("logged in as {username}"));
+            show(&json!({"username": username, "expires_at": v["expires_at"]}), &|_| {
+                format!("logged in as {username}")
+            });
         }
         Cmd::Logout => {
             c.call(Method::DELETE, "/api/v1/sessions", true, None).await?;
@@ -49,7 +71,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Friends(f) => friends(&c, f, &show).await?,
         Cmd::Dm { username, text, files } => {
-            let v = c.call(Method::POST, &format!("/api/v1/dms/{}/messages", enc(&username)), true, Some(message_body(text, files))).await?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/dms/{}/messages", enc(&username)),
+                    true,
+                    Some(message_body(text, files)),
+                )
+                .await?;
             show(&v, &sent_text);
         }
         Cmd::Group(g) => group(&c, g, &show).await?,
@@ -63,11 +92,25 @@ pub async fn run(cli: Cli) -> Result<()> {
             });
         }
         Cmd::Send { chat, text, files } => {
-            let v = c.call(Method::POST, &format!("/api/v1/chats/{}/messages", enc(&chat)), true, Some(message_body(text, files))).await?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/chats/{}/messages", enc(&chat)),
+                    true,
+                    Some(message_body(text, files)),
+                )
+                .await?;
             show(&v, &sent_text);
         }
         Cmd::History { chat, after, limit } => {
-            let v = c.call(Method::GET, &format!("/api/v1/chats/{}/messages?after={after}&limit={limit}", enc(&chat)), true, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/chats/{}/messages?after={after}&limit={limit}", enc(&chat)),
+                    true,
+                    None,
+                )
+                .await?;
             show(&v, &|v| lines(&v["messages"], message_text));
         }
         Cmd::Upload { path } => {
@@ -76,7 +119,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Download { file_id, output } => {
             let (path, size) = download(&c, &file_id, output, !json_out).await?;
-            show(&json!({"file_id": file_id, "path": path.display().to_string(), "size": size}), &|_| format!("saved {} ({size} bytes)", path.display()));
+            show(&json!({"file_id": file_id, "path": path.display().to_string(), "size": size}), &|_| {
+                format!("saved {} ({size} bytes)", path.display())
+            });
         }
         Cmd::Watch { after } => {
             watch(&c, after, |ev| {
@@ -115,26 +160,43 @@ fn sent_text(v: &Value) -> String {
 }
 
 fn message_text(m: &Value) -> String {
-    let files: Vec<String> = m["files"].as_array().map(|fs| fs.iter().map(|f| format!(" [file {} {}]", s(&f["name"]), s(&f["file_id"]))).collect()).unwrap_or_default();
+    let files: Vec<String> = m["files"]
+        .as_array()
+        .map(|fs| fs.iter().map(|f| format!(" [file {} {}]", s(&f["name"]), s(&f["file_id"]))).collect())
+        .unwrap_or_default();
     format!("#{:<4} {}: {}{}", m["seq"], s(&m["sender"]), s(&m["text"]), files.concat())
 }
 
 fn event_text(ev: &Value) -> String {
     match s(&ev["type"]) {
         "message" => format!("[{}] {}", s(&ev["message"]["chat_id"]), message_text(&ev["message"])),
-        "friend_request" => format!("{} wants to be your friend (chorus friends accept {})", s(&ev["from"]), s(&ev["from"])),
+        "friend_request" => {
+            format!("{} wants to be your friend (chorus friends accept {})", s(&ev["from"]), s(&ev["from"]))
+        }
         "friend_added" => format!("you and {} are now friends", s(&ev["username"])),
         "friend_request_declined" => format!("{} declined your friend request", s(&ev["by"])),
         "friend_removed" => format!("you and {} are no longer friends", s(&ev["username"])),
-        "group_member_added" => format!("{} joined group {} ({}), added by {}", s(&ev["username"]), s(&ev["name"]), s(&ev["group_id"]), s(&ev["by"])),
-        "group_member_removed" => format!("{} left group {} (removed by {})", s(&ev["username"]), s(&ev["group_id"]), s(&ev["by"])),
+        "group_member_added" => format!(
+            "{} joined group {} ({}), added by {}",
+            s(&ev["username"]),
+            s(&ev["name"]),
+            s(&ev["group_id"]),
+            s(&ev["by"])
+        ),
+        "group_member_removed" => {
+            format!("{} left group {} (removed by {})", s(&ev["username"]), s(&ev["group_id"]), s(&ev["by"]))
+        }
         other => format!("{other}: {ev}"),
     }
 }
 
 fn message_body(text: String, files: Vec<String>) -> Value {
     // A fresh idempotency key per invocation: the CLI's own retries never duplicate.
-    let client_msg_id = format!("cli-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let client_msg_id = format!(
+        "cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    );
     json!({"text": text, "files": files, "client_msg_id": client_msg_id})
 }
 
@@ -175,8 +237,14 @@ async fn friends(c: &Client, cmd: FriendsCmd, show: &Show<'_>) -> Result<()> {
             let v = json!({"friends": friends, "requests": requests});
             show(&v, &|v| {
                 let mut out = format!("friends:\n{}", lines(&v["friends"], |f| format!("  {}", s(&f["username"]))));
-                out += &format!("\nincoming requests:\n{}", lines(&v["requests"]["incoming"], |r| format!("  {}", s(&r["from"]))));
-                out += &format!("\noutgoing requests:\n{}", lines(&v["requests"]["outgoing"], |r| format!("  {}", s(&r["to"]))));
+                out += &format!(
+                    "\nincoming requests:\n{}",
+                    lines(&v["requests"]["incoming"], |r| format!("  {}", s(&r["from"])))
+                );
+                out += &format!(
+                    "\noutgoing requests:\n{}",
+                    lines(&v["requests"]["outgoing"], |r| format!("  {}", s(&r["to"])))
+                );
                 out
             });
         }
@@ -191,26 +259,47 @@ async fn friends(c: &Client, cmd: FriendsCmd, show: &Show<'_>) -> Result<()> {
 async fn group(c: &Client, cmd: GroupCmd, show: &Show<'_>) -> Result<()> {
     match cmd {
         GroupCmd::Create { name, members } => {
-            let v = c.call(Method::POST, "/api/v1/groups", true, Some(json!({"name": name, "members": members}))).await?;
+            let v =
+                c.call(Method::POST, "/api/v1/groups", true, Some(json!({"name": name, "members": members}))).await?;
             show(&v, &|v| format!("created group {} (chat {})", s(&v["group_id"]), s(&v["chat_id"])));
         }
         GroupCmd::Add { group, username } => {
-            let v = c.call(Method::POST, &format!("/api/v1/groups/{}/members", enc(&group)), true, Some(json!({"username": username}))).await?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/groups/{}/members", enc(&group)),
+                    true,
+                    Some(json!({"username": username})),
+                )
+                .await?;
             show(&v, &group_text);
         }
         GroupCmd::Remove { group, username } => {
-            c.call(Method::DELETE, &format!("/api/v1/groups/{}/members/{}", enc(&group), enc(&username)), true, None).await?;
+            c.call(Method::DELETE, &format!("/api/v1/groups/{}/members/{}", enc(&group), enc(&username)), true, None)
+                .await?;
             show(&json!({"removed": username, "group_id": group}), &|_| format!("removed {username}"));
         }
         GroupCmd::Leave { group } => {
-            let me = crate::client::load_session()?.map(|s| s.username).ok_or_else(|| anyhow!("not logged in: run `chorus login USERNAME`"))?;
+            let me = crate::client::load_session()?
+                .map(|s| s.username)
+                .ok_or_else(|| anyhow!("not logged in: run `chorus login USERNAME`"))?;
             c.call(Method::DELETE, &format!("/api/v1/groups/{}/members/{}", enc(&group), enc(&me)), true, None).await?;
             show(&json!({"left": group}), &|_| "left the group".into());
         }
         GroupCmd::List => {
             let v = c.call(Method::GET, "/api/v1/chats", true, None).await?;
-            let groups: Vec<Value> = v.as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["kind"] == "group").collect();
-            show(&Value::Array(groups), &|v| lines(v, |g| format!("{:<24} {}  {} members", s(&g["name"]), s(&g["group_id"]), g["members"].as_array().map_or(0, Vec::len))));
+            let groups: Vec<Value> =
+                v.as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["kind"] == "group").collect();
+            show(&Value::Array(groups), &|v| {
+                lines(v, |g| {
+                    format!(
+                        "{:<24} {}  {} members",
+                        s(&g["name"]),
+                        s(&g["group_id"]),
+                        g["members"].as_array().map_or(0, Vec::len)
+                    )
+                })
+            });
         }
         GroupCmd::Show { group } => {
             let v = c.call(Method::GET, &format!("/api/v1/groups/{}", enc(&group)), true, None).await?;
@@ -222,7 +311,14 @@ async fn group(c: &Client, cmd: GroupCmd, show: &Show<'_>) -> Result<()> {
 
 fn group_text(v: &Value) -> String {
     let members: Vec<&str> = v["members"].as_array().map(|m| m.iter().map(s).collect()).unwrap_or_default();
-    format!("{} ({}), admin {}, chat {}\nmembers: {}", s(&v["name"]), s(&v["group_id"]), s(&v["admin"]), s(&v["chat_id"]), members.join(", "))
+    format!(
+        "{} ({}), admin {}, chat {}\nmembers: {}",
+        s(&v["name"]),
+        s(&v["group_id"]),
+        s(&v["admin"]),
+        s(&v["chat_id"]),
+        members.join(", ")
+    )
 }
 
 fn bar(len: u64, visible: bool) -> ProgressBar {
@@ -239,7 +335,10 @@ fn bar(len: u64, visible: bool) -> ProgressBar {
 async fn upload(c: &Client, path: &std::path::Path, progress: bool) -> Result<Value> {
     let file = tokio::fs::File::open(path).await.with_context(|| format!("open {}", path.display()))?;
     let len = file.metadata().await?.len();
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?;
     let pb = bar(len, progress);
     let pb2 = pb.clone();
     let stream = futures::stream::try_unfold(file, move |mut f| {
@@ -264,7 +363,12 @@ async fn upload(c: &Client, path: &std::path::Path, progress: bool) -> Result<Va
     Ok(resp?.json().await?)
 }
 
-async fn download(c: &Client, file_id: &str, output: Option<std::path::PathBuf>, progress: bool) -> Result<(std::path::PathBuf, u64)> {
+async fn download(
+    c: &Client,
+    file_id: &str,
+    output: Option<std::path::PathBuf>,
+    progress: bool,
+) -> Result<(std::path::PathBuf, u64)> {
     let resp = c.send(c.request(Method::GET, &format!("/api/v1/files/{}", enc(file_id)), true)?).await?;
     let name = resp
         .headers()
@@ -334,14 +438,17 @@ async fn watch(c: &Client, after: Option<u64>, mut on_event: impl FnMut(&Value) 
 }
 
 async fn interactive(c: &Client, chat: &str) -> Result<()> {
-    let me = crate::client::load_session()?.map(|s| s.username).ok_or_else(|| anyhow!("not logged in: run `chorus login USERNAME`"))?;
+    let me = crate::client::load_session()?
+        .map(|s| s.username)
+        .ok_or_else(|| anyhow!("not logged in: run `chorus login USERNAME`"))?;
     let chat_id = if chat.starts_with("dm:") || chat.starts_with("g:") {
         chat.to_owned()
     } else {
         let (a, b) = if me.as_str() <= chat { (me.as_str(), chat) } else { (chat, me.as_str()) };
         format!("dm:{a}:{b}")
     };
-    let page = c.call(Method::GET, &format!("/api/v1/chats/{}/messages?after=0&limit=500", enc(&chat_id)), true, None).await;
+    let page =
+        c.call(Method::GET, &format!("/api/v1/chats/{}/messages?after=0&limit=500", enc(&chat_id)), true, None).await;
     match page {
         Ok(p) => {
             let msgs = p["messages"].as_array().cloned().unwrap_or_default();
@@ -370,7 +477,15 @@ async fn interactive(c: &Client, chat: &str) -> Result<()> {
         if text.is_empty() {
             continue;
         }
-        if let Err(e) = c.call(Method::POST, &format!("/api/v1/chats/{}/messages", enc(&chat_id)), true, Some(message_body(text.to_owned(), vec![]))).await {
+        if let Err(e) = c
+            .call(
+                Method::POST,
+                &format!("/api/v1/chats/{}/messages", enc(&chat_id)),
+                true,
+                Some(message_body(text.to_owned(), vec![])),
+            )
+            .await
+        {
             eprintln!("error: {e:#}");
         }
     }

@@ -73,7 +73,10 @@ impl RunConfig {
 
     /// The service part.
     pub fn service(&self) -> ServiceConfig {
-        ServiceConfig { session_ttl: Duration::from_secs(self.session_ttl_hours * 3600), max_file_size: self.max_file_size }
+        ServiceConfig {
+            session_ttl: Duration::from_secs(self.session_ttl_hours * 3600),
+            max_file_size: self.max_file_size,
+        }
     }
 
     /// The rate-limit part.

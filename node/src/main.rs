@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Run(config) => {
-            let rt = tokio::runtime::Runtime::new()?;
+            // Blocking threads serve RocksDB reads and argon2; a small pool bounds memory (each
+            // thread brings its own malloc arena) without starving the 2-core machines we target.
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build()?;
             rt.block_on(chorus_node::run(config, shutdown_signal()))?;
             Ok(())
         }

@@ -53,7 +53,12 @@ impl ClusterInfo for LoneNode {
     fn view(&self) -> ClusterView {
         let roles: Vec<String> = ["storage", "input", "relay"].map(String::from).to_vec();
         ClusterView {
-            this: NodeView { peer_id: self.peer_id.clone(), roles: roles.clone(), http: Some(self.http.clone()), addrs: vec![] },
+            this: NodeView {
+                peer_id: self.peer_id.clone(),
+                roles: roles.clone(),
+                http: Some(self.http.clone()),
+                addrs: vec![],
+            },
             coordinator: Some(self.peer_id.clone()),
             epoch: 0,
             members: vec![MemberView { peer_id: self.peer_id.clone(), roles, http: Some(self.http.clone()) }],
@@ -91,10 +96,23 @@ impl RunningNode {
 pub async fn start(config: RunConfig) -> Result<RunningNode, NodeError> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve(config, async { let _ = stopped.await; }, Some(ready_tx)));
+    let task = tokio::spawn(serve(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        Some(ready_tx),
+    ));
     match ready_rx.await {
         Ok((http, peer_id, service)) => Ok(RunningNode { http, peer_id, service, task, stop }),
-        Err(_) => Err(task.await.map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?.err().unwrap_or_else(|| NodeError::Io { context: "start".into(), source: std::io::Error::other("node stopped during start") })),
+        Err(_) => Err(task
+            .await
+            .map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?
+            .err()
+            .unwrap_or_else(|| NodeError::Io {
+                context: "start".into(),
+                source: std::io::Error::other("node stopped during start"),
+            })),
     }
 }
 
@@ -105,11 +123,19 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
 
 type Ready = tokio::sync::oneshot::Sender<(SocketAddr, String, Service)>;
 
-async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static, ready: Option<Ready>) -> Result<(), NodeError> {
+async fn serve(
+    config: RunConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<Ready>,
+) -> Result<(), NodeError> {
     let key = identity::load_or_create(&config.data_dir)?;
     let peer_id = key.public().to_peer_id().to_string();
     let db_dir = config.data_dir.join("db");
-    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&db_dir)).await.map_err(|e| NodeError::Io { context: "open storage".into(), source: std::io::Error::other(e) })??);
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&db_dir))
+            .await
+            .map_err(|e| NodeError::Io { context: "open storage".into(), source: std::io::Error::other(e) })??,
+    );
 
     let hub = Arc::new(Hub::default());
     let metrics = Arc::new(Metrics::default());
@@ -118,13 +144,15 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         Box::new(move |notices: &[crate::storage::Notice], messages: u64| {
             hub.notify(notices);
             metrics.messages.inc_by(messages);
+            metrics.batches.inc();
         })
     };
     let (log, writer) = Log::start(store.clone(), on_commit).map_err(io("start the writer thread"))?;
     let service = Service::new(store.clone(), log, hub.clone(), config.service());
     let limits = Arc::new(Limits::new(config.limits()));
 
-    let listener = tokio::net::TcpListener::bind(config.http).await.map_err(io(format!("bind HTTP {}", config.http)))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.http).await.map_err(io(format!("bind HTTP {}", config.http)))?;
     let http = listener.local_addr().map_err(io("local address"))?;
     let cluster = Arc::new(LoneNode { peer_id: peer_id.clone(), http: http.to_string() });
     let state = AppState { service: service.clone(), limits: limits.clone(), metrics, cluster };
@@ -143,6 +171,13 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     }
     drop(service);
     let closing_hub = hub.clone();
+    // Without TCP_NODELAY a response split over two segments waits for the client's delayed
+    // ACK (up to 40 ms): a latency cliff at low load.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -28,8 +28,24 @@ pub const FILE_NAME_MAX: usize = 255;
 
 /// Names that would shadow a top-level route (`/{username}` is a profile page).
 pub const RESERVED_USERNAMES: &[&str] = &[
-    "api", "admin", "healthz", "readyz", "metrics", "static", "assets", "favicon.ico", "robots.txt",
-    "login", "logout", "register", "index.html", "ws", "events", "root", "system", "chorus",
+    "api",
+    "admin",
+    "healthz",
+    "readyz",
+    "metrics",
+    "static",
+    "assets",
+    "favicon.ico",
+    "robots.txt",
+    "login",
+    "logout",
+    "register",
+    "index.html",
+    "ws",
+    "events",
+    "root",
+    "system",
+    "chorus",
 ];
 
 /// Why an input was refused. The message is meant for the end user.
@@ -59,10 +75,7 @@ pub fn validate_username(name: &str) -> Result<(), ValidationError> {
         ));
     }
     if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)) {
-        return Err(ValidationError::new(
-            "username",
-            "username may contain only a-z, 0-9, '_', '.' and '-'",
-        ));
+        return Err(ValidationError::new("username", "username may contain only a-z, 0-9, '_', '.' and '-'"));
     }
     if RESERVED_USERNAMES.contains(&name) {
         return Err(ValidationError::new("username", format!("username '{name}' is reserved")));
@@ -73,16 +86,10 @@ pub fn validate_username(name: &str) -> Result<(), ValidationError> {
 /// Checks a password's length (its strength beyond that is the user's business).
 pub fn validate_password(password: &str) -> Result<(), ValidationError> {
     if password.len() < PASSWORD_MIN {
-        return Err(ValidationError::new(
-            "password",
-            format!("password must be at least {PASSWORD_MIN} characters"),
-        ));
+        return Err(ValidationError::new("password", format!("password must be at least {PASSWORD_MIN} characters")));
     }
     if password.len() > PASSWORD_MAX {
-        return Err(ValidationError::new(
-            "password",
-            format!("password must be at most {PASSWORD_MAX} bytes"),
-        ));
+        return Err(ValidationError::new("password", format!("password must be at most {PASSWORD_MAX} bytes")));
     }
     Ok(())
 }
@@ -102,8 +109,7 @@ pub fn normalize_display_name(name: Option<&str>) -> Result<Option<String>, Vali
 /// Trims and checks a group name.
 pub fn normalize_group_name(name: &str) -> Result<String, ValidationError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > GROUP_NAME_MAX || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > GROUP_NAME_MAX || name.chars().any(char::is_control) {
         return Err(ValidationError::new(
             "name",
             format!("group name must be 1-{GROUP_NAME_MAX} printable characters"),
@@ -115,19 +121,13 @@ pub fn normalize_group_name(name: &str) -> Result<String, ValidationError> {
 /// Checks a message body and its attachments list.
 pub fn validate_message(text: &str, files: &[String]) -> Result<(), ValidationError> {
     if text.len() > MESSAGE_TEXT_MAX {
-        return Err(ValidationError::new(
-            "text",
-            format!("message text must be at most {MESSAGE_TEXT_MAX} bytes"),
-        ));
+        return Err(ValidationError::new("text", format!("message text must be at most {MESSAGE_TEXT_MAX} bytes")));
     }
     if text.trim().is_empty() && files.is_empty() {
         return Err(ValidationError::new("text", "message must have text or files"));
     }
     if files.len() > MESSAGE_FILES_MAX {
-        return Err(ValidationError::new(
-            "files",
-            format!("a message may carry at most {MESSAGE_FILES_MAX} files"),
-        ));
+        return Err(ValidationError::new("files", format!("a message may carry at most {MESSAGE_FILES_MAX} files")));
     }
     Ok(())
 }

@@ -58,7 +58,11 @@ pub(super) async fn create_group(
     Ok((StatusCode::CREATED, axum::Json(st.service.create_group(&caller, req).await?)))
 }
 
-pub(super) async fn group(State(st): State<AppState>, caller: Caller, P(group_id): P<String>) -> Result<axum::Json<Group>, ApiError> {
+pub(super) async fn group(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(group_id): P<String>,
+) -> Result<axum::Json<Group>, ApiError> {
     Ok(axum::Json(st.service.group(&caller, &group_id).await?))
 }
 

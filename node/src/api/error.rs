@@ -36,7 +36,9 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match &e {
-            ServiceError::Invalid(v) => ApiError::with_code(ErrorCode::InvalidInput, "invalid_input", format!("{}: {}", v.field, v.message)),
+            ServiceError::Invalid(v) => {
+                ApiError::with_code(ErrorCode::InvalidInput, "invalid_input", format!("{}: {}", v.field, v.message))
+            }
             ServiceError::Refused(c) => {
                 let (code, class) = c.code();
                 ApiError::with_code(class, code, c.to_string())

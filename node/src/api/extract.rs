@@ -43,7 +43,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = bearer(parts) else {
-            return Err(ApiError::new(ErrorCode::Unauthorized, "missing bearer token: log in and send `Authorization: Bearer <token>`"));
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing bearer token: log in and send `Authorization: Bearer <token>`",
+            ));
         };
         let caller = state.service.authenticate(&token).await?;
         state.limits.check_user(&caller.username)?;

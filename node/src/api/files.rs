@@ -27,7 +27,8 @@ pub(super) async fn upload(
 ) -> Result<(StatusCode, axum::Json<FileInfo>), ApiError> {
     let _ = q.access_token;
     let limit = st.service.config().max_file_size;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("file exceeds the {limit} byte limit")));
     }
@@ -40,7 +41,11 @@ pub(super) async fn upload(
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
-pub(super) async fn download(State(st): State<AppState>, caller: Caller, P(file_id): P<String>) -> Result<Response, ApiError> {
+pub(super) async fn download(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(file_id): P<String>,
+) -> Result<Response, ApiError> {
     let (rec, stream) = st.service.download(&caller, &file_id).await?;
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();

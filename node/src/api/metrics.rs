@@ -28,6 +28,8 @@ pub struct Metrics {
     latency: Histogram,
     /// Messages committed by this node's log.
     pub messages: Counter,
+    /// Log batches made durable (messages / batches = the group-commit factor).
+    pub batches: Counter,
     /// Open SSE/WebSocket streams.
     pub streams: Gauge,
 }
@@ -39,11 +41,13 @@ impl Default for Metrics {
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let messages = Counter::default();
         let streams = Gauge::default();
+        let batches = Counter::default();
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register("messages", "Chat messages committed", messages.clone());
         registry.register("event_streams", "Open event streams (SSE and WebSocket)", streams.clone());
-        Self { registry, requests, latency, messages, streams }
+        registry.register("log_batches", "Command batches made durable with one WAL sync", batches.clone());
+        Self { registry, requests, latency, messages, batches, streams }
     }
 }
 
@@ -60,7 +64,8 @@ impl Metrics {
 /// Middleware: counts and times every request by its route template (not its raw path, so
 /// label cardinality stays bounded).
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;

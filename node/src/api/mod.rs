@@ -63,10 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/groups/{group_id}", get(chats::group))
         .route("/groups/{group_id}/members", post(chats::add_member))
         .route("/groups/{group_id}/members/{username}", delete(chats::remove_member))
-        .route(
-            "/files",
-            post(files::upload).layer(DefaultBodyLimit::max(max_file.saturating_add(1))),
-        )
+        .route("/files", post(files::upload).layer(DefaultBodyLimit::max(max_file.saturating_add(1))))
         .route("/files/{file_id}", get(files::download))
         .route("/events", get(stream::sse))
         .route("/ws", get(stream::ws))

@@ -22,7 +22,8 @@ pub(super) async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 pub(super) async fn metrics(State(st): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.render())
+        .into_response()
 }
 
 pub(super) async fn cluster(State(st): State<AppState>) -> axum::Json<ClusterView> {

@@ -16,16 +16,27 @@ pub(super) async fn send_request(
     Ok((StatusCode::CREATED, axum::Json(st.service.send_friend_request(&caller, &req.to).await?)))
 }
 
-pub(super) async fn list_requests(State(st): State<AppState>, caller: Caller) -> Result<axum::Json<FriendRequests>, ApiError> {
+pub(super) async fn list_requests(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<FriendRequests>, ApiError> {
     Ok(axum::Json(st.service.friend_requests(&caller).await?))
 }
 
-pub(super) async fn accept(State(st): State<AppState>, caller: Caller, P(from): P<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn accept(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(from): P<String>,
+) -> Result<StatusCode, ApiError> {
     st.service.respond_friend_request(&caller, &from, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(super) async fn decline(State(st): State<AppState>, caller: Caller, P(from): P<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn decline(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(from): P<String>,
+) -> Result<StatusCode, ApiError> {
     st.service.respond_friend_request(&caller, &from, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -34,7 +45,11 @@ pub(super) async fn friends(State(st): State<AppState>, caller: Caller) -> Resul
     Ok(axum::Json(st.service.friends(&caller).await?))
 }
 
-pub(super) async fn unfriend(State(st): State<AppState>, caller: Caller, P(username): P<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn unfriend(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(username): P<String>,
+) -> Result<StatusCode, ApiError> {
     st.service.unfriend(&caller, &username).await?;
     Ok(StatusCode::NO_CONTENT)
 }

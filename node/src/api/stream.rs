@@ -51,7 +51,12 @@ async fn start_seq(st: &AppState, caller: &Caller, headers: &HeaderMap, q: &Stre
     }
 }
 
-pub(super) async fn sse(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Q(q): Q<StreamQuery>) -> Result<Response, ApiError> {
+pub(super) async fn sse(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Q(q): Q<StreamQuery>,
+) -> Result<Response, ApiError> {
     let _ = &q.access_token;
     let after = start_seq(&st, &caller, &headers, &q).await?;
     let open = Open::new(&st.metrics.streams);

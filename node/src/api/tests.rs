@@ -18,7 +18,13 @@ struct Fixed;
 impl ClusterInfo for Fixed {
     fn view(&self) -> ClusterView {
         let me = NodeView { peer_id: "self".into(), roles: vec!["storage".into()], http: None, addrs: vec![] };
-        ClusterView { this: me, coordinator: Some("self".into()), epoch: 0, members: Vec::<MemberView>::new(), storage_leader: None }
+        ClusterView {
+            this: me,
+            coordinator: Some("self".into()),
+            epoch: 0,
+            members: Vec::<MemberView>::new(),
+            storage_leader: None,
+        }
     }
     fn ready(&self) -> bool {
         true
@@ -67,7 +73,8 @@ impl App {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let v =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, v)
     }
 
@@ -81,9 +88,13 @@ impl App {
 
     /// Registers and logs in; returns the token.
     async fn user(&self, name: &str) -> String {
-        let (s, _) = self.req(Method::POST, "/api/v1/accounts", None, Some(json!({"username": name, "password": "password123"}))).await;
+        let (s, _) = self
+            .req(Method::POST, "/api/v1/accounts", None, Some(json!({"username": name, "password": "password123"})))
+            .await;
         assert_eq!(s, StatusCode::CREATED);
-        let (s, v) = self.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": name, "password": "password123"}))).await;
+        let (s, v) = self
+            .req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": name, "password": "password123"})))
+            .await;
         assert_eq!(s, StatusCode::CREATED);
         v["token"].as_str().unwrap().to_owned()
     }
@@ -121,7 +132,10 @@ async fn accounts_and_sessions() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let raw = Request::post("/api/v1/accounts").header("content-type", "application/json").body(Body::from("{not json")).unwrap();
+    let raw = Request::post("/api/v1/accounts")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
     let (s, v) = app.send(raw).await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "malformed_json"));
     let raw = Request::post("/api/v1/accounts").body(Body::from("{}")).unwrap();
@@ -135,7 +149,8 @@ async fn accounts_and_sessions() {
     let (s, v) = app.get("/api/v1/users/bob", &token).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "user_not_found"));
 
-    let login = |u: &str, p: &str| app.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": u, "password": p})));
+    let login =
+        |u: &str, p: &str| app.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": u, "password": p})));
     let (s, v) = login("alice", "wrong-password").await;
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "invalid_credentials"));
     let (s, v) = login("nobody", "password123").await;
@@ -241,7 +256,12 @@ async fn direct_messages() {
     let (_, v2) = app.post("/api/v1/chats/dm:alice:bob/messages", &b, json!({"text": "hello alice"})).await;
     assert_eq!(v2["seq"], 2);
 
-    for bad in [json!({"text": ""}), json!({"text": "x".repeat(16 * 1024 + 1)}), json!({"text": "a", "colour": 1}), json!({"text": "a", "client_msg_id": ""})] {
+    for bad in [
+        json!({"text": ""}),
+        json!({"text": "x".repeat(16 * 1024 + 1)}),
+        json!({"text": "a", "colour": 1}),
+        json!({"text": "a", "client_msg_id": ""}),
+    ] {
         let (s, v) = app.post("/api/v1/dms/bob/messages", &a, bad).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     }
@@ -300,7 +320,8 @@ async fn history_pages_are_capped_and_gapless() {
 #[tokio::test]
 async fn groups() {
     let app = app();
-    let (a, b, c, d) = (app.user("alice").await, app.user("bob").await, app.user("carol").await, app.user("dave").await);
+    let (a, b, c, d) =
+        (app.user("alice").await, app.user("bob").await, app.user("carol").await, app.user("dave").await);
     let (s, v) = app.post("/api/v1/groups", &a, json!({"name": "  ", "members": []})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = app.post("/api/v1/groups", &a, json!({"name": "g", "members": ["nobody"]})).await;
@@ -309,7 +330,10 @@ async fn groups() {
     assert_eq!(s, StatusCode::CREATED);
     let (gid, chat) = (v["group_id"].as_str().unwrap().to_owned(), v["chat_id"].as_str().unwrap().to_owned());
     let (s, v) = app.get(&format!("/api/v1/groups/{gid}"), &b).await;
-    assert_eq!((s, v["admin"].as_str(), v["members"].clone()), (StatusCode::OK, Some("alice"), json!(["alice", "bob"])));
+    assert_eq!(
+        (s, v["admin"].as_str(), v["members"].clone()),
+        (StatusCode::OK, Some("alice"), json!(["alice", "bob"]))
+    );
     let (s, _) = app.get(&format!("/api/v1/groups/{gid}"), &c).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "non-members cannot see the group");
     let (s, _) = app.get("/api/v1/groups/nonsense", &a).await;
@@ -350,7 +374,10 @@ async fn groups() {
     let (_, v) = app.get(&format!("/api/v1/groups/{gid}"), &c).await;
     assert_eq!((v["admin"].as_str(), v["members"].clone()), (Some("carol"), json!(["carol"])));
     let (_, v) = app.get("/api/v1/chats", &c).await;
-    assert_eq!((v[0]["kind"].as_str(), v[0]["name"].as_str(), v[0]["last_seq"].as_u64()), (Some("group"), Some("Trip"), Some(2)));
+    assert_eq!(
+        (v[0]["kind"].as_str(), v[0]["name"].as_str(), v[0]["last_seq"].as_u64()),
+        (Some("group"), Some("Trip"), Some(2))
+    );
     let (_, v) = app.get("/api/v1/chats", &a).await;
     assert!(v.as_array().unwrap().is_empty());
 }
@@ -379,7 +406,10 @@ async fn files() {
     let file_id = v["file_id"].as_str().unwrap().to_owned();
 
     let download = |t: String| {
-        let req = Request::get(format!("/api/v1/files/{file_id}")).header("authorization", format!("Bearer {t}")).body(Body::empty()).unwrap();
+        let req = Request::get(format!("/api/v1/files/{file_id}"))
+            .header("authorization", format!("Bearer {t}"))
+            .body(Body::empty())
+            .unwrap();
         app.router.clone().oneshot(req)
     };
     let resp = download(a.clone()).await.unwrap();
@@ -401,9 +431,12 @@ async fn files() {
     let (s, v) = app.post("/api/v1/groups", &c, json!({"name": "solo"})).await;
     assert_eq!(s, StatusCode::CREATED);
     let chat = v["chat_id"].as_str().unwrap();
-    let (s, v) = app.post(&format!("/api/v1/chats/{chat}/messages"), &c, json!({"text": "x", "files": [file_id]})).await;
+    let (s, v) =
+        app.post(&format!("/api/v1/chats/{chat}/messages"), &c, json!({"text": "x", "files": [file_id]})).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "file_not_found"));
-    let (s, _) = app.post(&format!("/api/v1/chats/{chat}/messages"), &c, json!({"files": ["0123456789abcdef0123456789abcdef"]})).await;
+    let (s, _) = app
+        .post(&format!("/api/v1/chats/{chat}/messages"), &c, json!({"files": ["0123456789abcdef0123456789abcdef"]}))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     let (s, v) = upload(&app, &a, "big.bin", vec![0u8; 3 * 1024 * 1024 + 1]).await;
@@ -428,7 +461,8 @@ async fn sse_events(router: &Router, token: &str, last_event_id: Option<u64>, qu
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while out.len() < want {
-        let chunk = tokio::time::timeout_at(deadline, body.next()).await.expect("events arrive in time").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout_at(deadline, body.next()).await.expect("events arrive in time").unwrap().unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
         while let Some(end) = text.find("\n\n") {
             let frame: String = text.drain(..end + 2).collect();
@@ -470,7 +504,11 @@ async fn events_stream_and_resume() {
     let got = live.await.unwrap();
     assert_eq!(got[0]["message"]["text"], "live");
     assert!(got[0]["seq"].as_u64().unwrap() >= 5);
-    let req = Request::get("/api/v1/events").header("authorization", format!("Bearer {b}")).header("last-event-id", "abc").body(Body::empty()).unwrap();
+    let req = Request::get("/api/v1/events")
+        .header("authorization", format!("Bearer {b}"))
+        .header("last-event-id", "abc")
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(app.send(req).await.0, StatusCode::BAD_REQUEST);
     let (s, _) = app.req(Method::GET, "/api/v1/events", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -508,9 +546,13 @@ async fn operations_and_pages() {
 
 #[tokio::test]
 async fn rate_limits_answer_429() {
-    let app = app_with(ServiceConfig::default(), limits::LimitConfig { user_rps: 5, logins_per_minute: 3, registrations_per_minute: 100 });
+    let app = app_with(
+        ServiceConfig::default(),
+        limits::LimitConfig { user_rps: 5, logins_per_minute: 3, registrations_per_minute: 100 },
+    );
     let token = app.user("alice").await; // one login used
-    let login = || app.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": "alice", "password": "nope-nope"})));
+    let login =
+        || app.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": "alice", "password": "nope-nope"})));
     assert_eq!(login().await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(login().await.0, StatusCode::UNAUTHORIZED);
     let (s, v) = login().await;

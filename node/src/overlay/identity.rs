@@ -29,7 +29,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
     let path = data_dir.join(KEY_FILE);
     let io = |source| IdentityError::Io { path: path.display().to_string(), source };
     match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|_| IdentityError::Corrupt(path.display().to_string())),
+        Ok(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|_| IdentityError::Corrupt(path.display().to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir).map_err(io)?;
             let key = Keypair::generate_ed25519();

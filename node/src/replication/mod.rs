@@ -59,9 +59,8 @@ impl Log {
     /// Starts the writer thread. It ends when every [`Log`] handle is dropped.
     pub fn start(store: Arc<Store>, on_commit: OnCommit) -> std::io::Result<(Log, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = std::thread::Builder::new()
-            .name("chorus-writer".into())
-            .spawn(move || writer(store, rx, on_commit))?;
+        let handle =
+            std::thread::Builder::new().name("chorus-writer".into()).spawn(move || writer(store, rx, on_commit))?;
         Ok((Log { tx }, handle))
     }
 

@@ -102,6 +102,9 @@ struct Inner {
     hub: Arc<Hub>,
     config: ServiceConfig,
     uploads: tokio::sync::Semaphore,
+    /// argon2 runs at most this many at once: it is CPU-bound (more gains nothing) and each run
+    /// takes 19 MiB, which the allocator keeps per thread afterwards.
+    argon2: tokio::sync::Semaphore,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -117,7 +120,8 @@ impl Service {
     /// A service over `store`, writing through `log`, waking streams through `hub`.
     pub fn new(store: Arc<Store>, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
         let uploads = tokio::sync::Semaphore::new(CONCURRENT_UPLOADS);
-        Self { inner: Arc::new(Inner { store, log, hub, config, uploads }) }
+        let argon2 = tokio::sync::Semaphore::new(2);
+        Self { inner: Arc::new(Inner { store, log, hub, config, uploads, argon2 }) }
     }
 
     /// The settings in force.
@@ -154,13 +158,20 @@ impl Service {
             return Err(CommandError::UsernameTaken(req.username).into());
         }
         let password = req.password;
+        let slot = self.inner.argon2.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?;
         let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?
             .map_err(ServiceError::Internal)?;
+        drop(slot);
         let at = now_ms();
         let username = req.username;
-        let cmd = Command::CreateAccount { username: username.clone(), display_name: display_name.clone(), password_hash, at };
+        let cmd = Command::CreateAccount {
+            username: username.clone(),
+            display_name: display_name.clone(),
+            password_hash,
+            at,
+        };
         self.submit(cmd).await?;
         Ok(Profile { display_name: display_name.unwrap_or_else(|| username.clone()), username, created_at: at })
     }
@@ -174,19 +185,26 @@ impl Service {
         let user = self.read(move |s| s.user(&name)).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;
+        let slot = self.inner.argon2.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?;
         let ok = tokio::task::spawn_blocking(move || {
             let matched = auth::verify_password(&password, phc.as_deref().unwrap_or_else(|| auth::dummy_hash()));
             matched && phc.is_some()
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        drop(slot);
         if !ok {
             return Err(ServiceError::InvalidCredentials);
         }
         let token = auth::new_token();
         let at = now_ms();
         let expires_at = at + self.inner.config.session_ttl.as_millis() as Millis;
-        let cmd = Command::CreateSession { token_hash: auth::token_hash(&token), username: req.username.clone(), expires_at, at };
+        let cmd = Command::CreateSession {
+            token_hash: auth::token_hash(&token),
+            username: req.username.clone(),
+            expires_at,
+            at,
+        };
         self.submit(cmd).await?;
         Ok(SessionResponse { token, expires_at, username: req.username })
     }
@@ -219,7 +237,11 @@ impl Service {
         let name = username.to_owned();
         let user = self.read(move |s| s.user(&name)).await?;
         let u = user.ok_or_else(|| CommandError::UserNotFound(username.to_owned()))?;
-        Ok(Profile { display_name: u.display_name.unwrap_or_else(|| u.username.clone()), username: u.username, created_at: u.created_at })
+        Ok(Profile {
+            display_name: u.display_name.unwrap_or_else(|| u.username.clone()),
+            username: u.username,
+            created_at: u.created_at,
+        })
     }
 
     // ---- friends ----
@@ -241,7 +263,8 @@ impl Service {
     /// Accepts or declines the request from `from`.
     pub async fn respond_friend_request(&self, caller: &Caller, from: &str, accept: bool) -> Result<()> {
         ids::validate_username(from)?;
-        let cmd = Command::RespondFriendRequest { from: from.to_owned(), to: caller.username.clone(), accept, at: now_ms() };
+        let cmd =
+            Command::RespondFriendRequest { from: from.to_owned(), to: caller.username.clone(), accept, at: now_ms() };
         self.submit(cmd).await?;
         Ok(())
     }
@@ -278,7 +301,12 @@ impl Service {
     }
 
     /// Sends to a chat by id (DM or group).
-    pub async fn send_to_chat(&self, caller: &Caller, chat_id: &str, req: SendMessageRequest) -> Result<SendMessageResponse> {
+    pub async fn send_to_chat(
+        &self,
+        caller: &Caller,
+        chat_id: &str,
+        req: SendMessageRequest,
+    ) -> Result<SendMessageResponse> {
         let chat_id = chat_id.parse::<ChatId>().map_err(|_| CommandError::ChatNotFound)?;
         self.send(caller, chat_id, req).await
     }
@@ -327,7 +355,13 @@ impl Service {
     }
 
     /// History of a chat the caller is in: seq > `after`, oldest first.
-    pub async fn messages(&self, caller: &Caller, chat_id: &str, after: u64, limit: Option<usize>) -> Result<MessagesPage> {
+    pub async fn messages(
+        &self,
+        caller: &Caller,
+        chat_id: &str,
+        after: u64,
+        limit: Option<usize>,
+    ) -> Result<MessagesPage> {
         let chat_id = chat_id.parse::<ChatId>().map_err(|_| CommandError::ChatNotFound)?;
         let limit = limit.unwrap_or(100).clamp(1, HISTORY_LIMIT_MAX);
         let me = caller.username.clone();
@@ -352,7 +386,13 @@ impl Service {
         if req.members.len() >= ids::GROUP_MEMBERS_MAX {
             return Err(CommandError::GroupFull(ids::GROUP_MEMBERS_MAX).into());
         }
-        let cmd = Command::CreateGroup { group_id: fresh_id(), name, creator: caller.username.clone(), members: req.members, at: now_ms() };
+        let cmd = Command::CreateGroup {
+            group_id: fresh_id(),
+            name,
+            creator: caller.username.clone(),
+            members: req.members,
+            at: now_ms(),
+        };
         match self.submit(cmd).await? {
             Applied::GroupCreated { group_id, chat_id } => Ok(GroupCreated { group_id, chat_id }),
             other => Err(ServiceError::Internal(format!("unexpected outcome {other:?}"))),
@@ -374,7 +414,12 @@ impl Service {
             return Err(CommandError::GroupNotFound.into());
         }
         ids::validate_username(username)?;
-        let cmd = Command::AddGroupMember { group_id: group_id.into(), by: caller.username.clone(), username: username.into(), at: now_ms() };
+        let cmd = Command::AddGroupMember {
+            group_id: group_id.into(),
+            by: caller.username.clone(),
+            username: username.into(),
+            at: now_ms(),
+        };
         self.submit(cmd).await?;
         Ok(())
     }
@@ -385,7 +430,12 @@ impl Service {
             return Err(CommandError::GroupNotFound.into());
         }
         ids::validate_username(username)?;
-        let cmd = Command::RemoveGroupMember { group_id: group_id.into(), by: caller.username.clone(), username: username.into(), at: now_ms() };
+        let cmd = Command::RemoveGroupMember {
+            group_id: group_id.into(),
+            by: caller.username.clone(),
+            username: username.into(),
+            at: now_ms(),
+        };
         self.submit(cmd).await?;
         Ok(())
     }
@@ -394,7 +444,13 @@ impl Service {
 
     /// Stores an upload. The whole body is received (up to the limit) before anything is
     /// written, so an oversized or broken upload changes nothing.
-    pub async fn upload<S, E>(&self, caller: &Caller, name: Option<String>, content_type: Option<String>, mut body: S) -> Result<FileInfo>
+    pub async fn upload<S, E>(
+        &self,
+        caller: &Caller,
+        name: Option<String>,
+        content_type: Option<String>,
+        mut body: S,
+    ) -> Result<FileInfo>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -402,10 +458,17 @@ impl Service {
         use sha2::{Digest, Sha256};
         let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).unwrap_or_else(|| "file".into());
         if name.len() > ids::FILE_NAME_MAX || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
-            return Err(ValidationError::new("name", "file name must be 1-255 bytes without control characters or slashes").into());
+            return Err(ValidationError::new(
+                "name",
+                "file name must be 1-255 bytes without control characters or slashes",
+            )
+            .into());
         }
-        let content_type = content_type.filter(|c| c.len() <= 255 && !c.is_empty()).unwrap_or_else(|| "application/octet-stream".into());
-        let _permit = self.inner.uploads.acquire().await.map_err(|_| ServiceError::Internal("upload gate closed".into()))?;
+        let content_type = content_type
+            .filter(|c| c.len() <= 255 && !c.is_empty())
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let _permit =
+            self.inner.uploads.acquire().await.map_err(|_| ServiceError::Internal("upload gate closed".into()))?;
         let limit = self.inner.config.max_file_size;
         let mut whole = Sha256::new();
         let mut chunks: Vec<Vec<u8>> = Vec::new();
@@ -460,7 +523,11 @@ impl Service {
     }
 
     /// A file the caller may read, and a stream of its bytes (read chunk by chunk).
-    pub async fn download(&self, caller: &Caller, file_id: &str) -> Result<(FileRec, impl Stream<Item = std::io::Result<Bytes>> + use<>)> {
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        file_id: &str,
+    ) -> Result<(FileRec, impl Stream<Item = std::io::Result<Bytes>> + use<>)> {
         if !ids::is_file_id(file_id) {
             return Err(CommandError::FileNotFound(file_id.to_owned()).into());
         }
@@ -521,7 +588,11 @@ impl Service {
     /// `username`'s event log from seq `after + 1` on, forever: catches up from storage, then
     /// waits for wake-ups and reads again. Gapless and in order by construction; ends only on
     /// a storage error (yielded) or shutdown.
-    pub fn event_stream(&self, username: &str, after: u64) -> impl Stream<Item = Result<Event>> + Send + 'static + use<> {
+    pub fn event_stream(
+        &self,
+        username: &str,
+        after: u64,
+    ) -> impl Stream<Item = Result<Event>> + Send + 'static + use<> {
         struct St {
             svc: Service,
             user: String,
@@ -532,7 +603,14 @@ impl Service {
         }
         // Subscribe before the first read: a commit between the read and the wait still wakes us.
         let wake = self.subscribe(username);
-        let st = St { svc: self.clone(), user: username.to_owned(), last: after, wake, buf: Default::default(), failed: false };
+        let st = St {
+            svc: self.clone(),
+            user: username.to_owned(),
+            last: after,
+            wake,
+            buf: Default::default(),
+            failed: false,
+        };
         futures::stream::unfold(st, |mut st| async move {
             loop {
                 if st.failed {

@@ -101,6 +101,9 @@ pub enum StorageError {
     },
 }
 
+/// One key-value pair read from RocksDB.
+pub(crate) type Row = (Box<[u8]>, Box<[u8]>);
+
 /// The open database.
 pub struct Store {
     db: DB,
@@ -126,9 +129,17 @@ impl Store {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // One memtable budget for all CFs together (the default is 64 MiB per CF).
+        opts.set_db_write_buffer_size(64 * 1024 * 1024);
+        // One block cache for all CFs (the default is a cache per CF).
+        let cache = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024);
         let cfs = Cf::ALL.iter().map(|cf| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
@@ -165,15 +176,12 @@ impl Store {
         cf: Cf,
         prefix: &'a [u8],
         start: &[u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
+    ) -> impl Iterator<Item = Result<Row, StorageError>> + 'a {
         let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
-        self.db
-            .iterator_cf(self.cf(cf), mode)
-            .map(|r| r.map_err(StorageError::from))
-            .take_while(move |r| match r {
-                Ok((k, _)) => k.starts_with(prefix),
-                Err(_) => true,
-            })
+        self.db.iterator_cf(self.cf(cf), mode).map(|r| r.map_err(StorageError::from)).take_while(move |r| match r {
+            Ok((k, _)) => k.starts_with(prefix),
+            Err(_) => true,
+        })
     }
 
     /// Flushes memtables and the WAL (clean shutdown).

@@ -118,10 +118,7 @@ impl Store {
 
     /// Newest event seq of `user` (0: none).
     pub fn last_event_seq(&self, user: &str) -> Result<u64, StorageError> {
-        Ok(self
-            .get(Cf::Meta, &join(&[b"evseq", user.as_bytes()]))?
-            .and_then(|v| seq_of(&v))
-            .unwrap_or(0))
+        Ok(self.get(Cf::Meta, &join(&[b"evseq", user.as_bytes()]))?.and_then(|v| seq_of(&v)).unwrap_or(0))
     }
 
     /// A file's metadata.

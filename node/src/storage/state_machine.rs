@@ -51,11 +51,7 @@ impl<'a> StateMachine<'a> {
 
     /// Applies `commands` in order and durably writes the result as one synced WriteBatch.
     /// `applied_index`, when given, is stored in the same batch (the replicated log's position).
-    pub fn apply_batch(
-        &self,
-        commands: &[Command],
-        applied_index: Option<u64>,
-    ) -> Result<ApplyOutput, StorageError> {
+    pub fn apply_batch(&self, commands: &[Command], applied_index: Option<u64>) -> Result<ApplyOutput, StorageError> {
         let mut tx = Tx { store: self.store, batch: Staged::new(), cmd: Staged::new(), notices: BTreeMap::new() };
         let mut out = ApplyOutput::default();
         for command in commands {
@@ -241,12 +237,8 @@ fn apply_one(tx: &mut Tx<'_>, command: &Command) -> Res<Applied> {
         Command::CreateGroup { group_id, name, creator, members, at } => {
             create_group(tx, group_id, name, creator, members, *at)
         }
-        Command::AddGroupMember { group_id, by, username, at } => {
-            add_member(tx, group_id, by, username, *at)
-        }
-        Command::RemoveGroupMember { group_id, by, username, at } => {
-            remove_member(tx, group_id, by, username, *at)
-        }
+        Command::AddGroupMember { group_id, by, username, at } => add_member(tx, group_id, by, username, *at),
+        Command::RemoveGroupMember { group_id, by, username, at } => remove_member(tx, group_id, by, username, *at),
         Command::SendMessage { chat_id, id, sender, text, files, client_msg_id, sent_at } => {
             let msg = Message {
                 chat_id: chat_id.clone(),
@@ -355,9 +347,16 @@ fn create_group(
         }
     }
     let chat_id = ChatId::group(group_id);
-    let group = GroupRec { group_id: group_id.to_owned(), name: name.to_owned(), admin: creator.to_owned(), created_at: at };
+    let group =
+        GroupRec { group_id: group_id.to_owned(), name: name.to_owned(), admin: creator.to_owned(), created_at: at };
     tx.put_json(Cf::Groups, group_id.as_bytes().to_vec(), &group);
-    tx.put_chat(&ChatRec { chat_id: chat_id.clone(), members: all.clone(), last_seq: 0, created_at: at, updated_at: at });
+    tx.put_chat(&ChatRec {
+        chat_id: chat_id.clone(),
+        members: all.clone(),
+        last_seq: 0,
+        created_at: at,
+        updated_at: at,
+    });
     for m in &all {
         tx.add_member_index(m, &chat_id, at);
         let kind = EventKind::GroupMemberAdded {
@@ -457,10 +456,8 @@ fn remove_member(tx: &mut Tx<'_>, group_id: &str, by: &str, username: &str, at: 
 
 fn send_message(tx: &mut Tx<'_>, mut msg: Message, files: &[String]) -> Res<Applied> {
     let chat_key = msg.chat_id.to_string();
-    let idem_key = msg
-        .client_msg_id
-        .as_ref()
-        .map(|c| join(&[msg.sender.as_bytes(), chat_key.as_bytes(), c.as_bytes()]));
+    let idem_key =
+        msg.client_msg_id.as_ref().map(|c| join(&[msg.sender.as_bytes(), chat_key.as_bytes(), c.as_bytes()]));
     if let Some(key) = &idem_key {
         if let Some(first) = tx.get_json::<Applied>(Cf::Idempotency, key)? {
             return ok(first);
@@ -485,7 +482,13 @@ fn send_message(tx: &mut Tx<'_>, mut msg: Message, files: &[String]) -> Res<Appl
                         tx.add_member_index(user, &msg.chat_id, msg.sent_at);
                     }
                     let members = vec![a.clone(), b.clone()];
-                    ChatRec { chat_id: msg.chat_id.clone(), members, last_seq: 0, created_at: msg.sent_at, updated_at: msg.sent_at }
+                    ChatRec {
+                        chat_id: msg.chat_id.clone(),
+                        members,
+                        last_seq: 0,
+                        created_at: msg.sent_at,
+                        updated_at: msg.sent_at,
+                    }
                 }
             }
         }
@@ -497,14 +500,20 @@ fn send_message(tx: &mut Tx<'_>, mut msg: Message, files: &[String]) -> Res<Appl
             return refuse(CommandError::FileNotFound(file_id.clone()));
         };
         tx.put(Cf::Files, join(&[b"a", file_id.as_bytes(), chat_key.as_bytes()]), Vec::new());
-        msg.files.push(FileRef { file_id: file.file_id, name: file.name, size: file.size, content_type: file.content_type });
+        msg.files.push(FileRef {
+            file_id: file.file_id,
+            name: file.name,
+            size: file.size,
+            content_type: file.content_type,
+        });
     }
     chat.last_seq += 1;
     chat.updated_at = msg.sent_at;
     msg.seq = chat.last_seq;
     tx.put_chat(&chat);
     tx.put_json(Cf::Messages, seq_key(chat_key.as_bytes(), msg.seq), &msg);
-    let applied = Applied::MessageSent { chat_id: msg.chat_id.clone(), seq: msg.seq, id: msg.id.clone(), sent_at: msg.sent_at };
+    let applied =
+        Applied::MessageSent { chat_id: msg.chat_id.clone(), seq: msg.seq, id: msg.id.clone(), sent_at: msg.sent_at };
     if let Some(key) = idem_key {
         tx.put_json(Cf::Idempotency, key, &applied);
     }

@@ -55,13 +55,23 @@ fn script() -> Vec<Vec<Command>> {
                 chunks: vec![hash],
                 at: 5,
             },
-            Command::CreateGroup { group_id: gid.clone(), name: "g".into(), creator: "alice".into(), members: vec!["bob".into()], at: 6 },
+            Command::CreateGroup {
+                group_id: gid.clone(),
+                name: "g".into(),
+                creator: "alice".into(),
+                members: vec!["bob".into()],
+                at: 6,
+            },
             Command::AddGroupMember { group_id: gid.clone(), by: "alice".into(), username: "carol".into(), at: 7 },
             Command::RemoveGroupMember { group_id: gid.clone(), by: "bob".into(), username: "bob".into(), at: 8 },
             Command::DeleteSession { token_hash: "t1".into() },
         ],
     ];
-    batches.push((1..=50).map(|n| msg(&dm, if n % 2 == 0 { "alice" } else { "bob" }, n, Some(&format!("c{}", n % 40)))).collect());
+    batches.push(
+        (1..=50)
+            .map(|n| msg(&dm, if n % 2 == 0 { "alice" } else { "bob" }, n, Some(&format!("c{}", n % 40))))
+            .collect(),
+    );
     batches.push((1..=20).map(|n| msg(&ChatId::group(&gid), "carol", 100 + n, None)).collect());
     batches
 }
@@ -98,10 +108,13 @@ fn seqs_are_gapless_and_retries_idempotent() {
     let msgs = s.messages(&dm, 0, 1000).unwrap();
     // 50 sends with 40 distinct client ids: 10 were retries of the first answer.
     assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=40).collect::<Vec<u64>>());
-    let dm_results: Vec<_> = results.iter().filter_map(|r| match r {
-        Ok(Applied::MessageSent { chat_id, seq, .. }) if *chat_id == dm => Some(*seq),
-        _ => None,
-    }).collect();
+    let dm_results: Vec<_> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Applied::MessageSent { chat_id, seq, .. }) if *chat_id == dm => Some(*seq),
+            _ => None,
+        })
+        .collect();
     assert_eq!(dm_results[40..], dm_results[..10], "a retry returns the first seq");
     let group = ChatId::group("0123456789abcdef0123456789abcdef");
     assert_eq!(s.messages(&group, 0, 1000).unwrap().len(), 20);
@@ -126,8 +139,23 @@ fn refused_commands_leave_no_trace() {
     let refused = [
         msg(&ChatId::dm("alice", "bob"), "alice", 1, Some("x")),
         Command::SendFriendRequest { from: "alice".into(), to: "alice".into(), at: 1 },
-        Command::CreateGroup { group_id: "a".repeat(32), name: "g".into(), creator: "alice".into(), members: vec!["zed".into()], at: 1 },
-        Command::CreateFile { file_id: "b".repeat(32), uploader: "alice".into(), name: "n".into(), content_type: "t".into(), size: 1, sha256: "s".into(), chunks: vec!["missing".into()], at: 1 },
+        Command::CreateGroup {
+            group_id: "a".repeat(32),
+            name: "g".into(),
+            creator: "alice".into(),
+            members: vec!["zed".into()],
+            at: 1,
+        },
+        Command::CreateFile {
+            file_id: "b".repeat(32),
+            uploader: "alice".into(),
+            name: "n".into(),
+            content_type: "t".into(),
+            size: 1,
+            sha256: "s".into(),
+            chunks: vec!["missing".into()],
+            at: 1,
+        },
         Command::PutFileChunk { hash: "wrong".into(), data: vec![1, 2, 3] },
     ];
     let out = sm_a.apply_batch(&refused, Some(2)).unwrap();
