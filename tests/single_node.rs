@@ -91,6 +91,19 @@ async fn walkthrough_survives_kill_9() {
     let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(kinds, ["friend_request", "friend_added", "message"]);
 
+    // The same events over WebSocket, replayed from the start of Bob's log.
+    let ws_url = format!("{}/api/v1/ws?after=0&access_token={bob}", node.url.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("websocket");
+    let mut ws_kinds = Vec::new();
+    while ws_kinds.len() < 3 {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await.expect("WS delivers in time").unwrap().unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+            let ev: Value = serde_json::from_str(&t).unwrap();
+            ws_kinds.push(ev["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ws_kinds, ["friend_request", "friend_added", "message"]);
+
     // A group of three.
     let g = api.post("/api/v1/groups", Some(&alice), json!({"name": "Trio", "members": ["bob", "carol"]})).await;
     let chat = g["chat_id"].as_str().unwrap().to_owned();
