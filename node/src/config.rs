@@ -3,6 +3,7 @@
 use crate::api::limits::LimitConfig;
 use crate::service::ServiceConfig;
 use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +60,27 @@ pub struct RunConfig {
     /// Registrations per client address per minute (0: unlimited).
     #[arg(long, env = "CHORUS_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
     pub registrations_per_minute: u32,
+    /// libp2p listen address (repeatable).
+    #[arg(long, env = "CHORUS_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0", value_delimiter = ',')]
+    pub listen: Vec<Multiaddr>,
+    /// A peer to join through (repeatable), e.g. /ip4/10.0.0.2/tcp/7000.
+    #[arg(long, env = "CHORUS_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    #[arg(long, env = "CHORUS_MDNS")]
+    pub mdns: bool,
+    /// Storage peers the coordinator assigns.
+    #[arg(long, env = "CHORUS_STORAGE_REPLICAS", default_value_t = 3)]
+    pub storage_replicas: usize,
+    /// Never make this node a storage peer.
+    #[arg(long, env = "CHORUS_NO_STORAGE")]
+    pub no_storage: bool,
+    /// Coordinator heartbeat period in milliseconds.
+    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 500)]
+    pub heartbeat_ms: u64,
+    /// Coordinator silence (ms) after which an election starts.
+    #[arg(long, env = "CHORUS_ELECTION_TIMEOUT_MS", default_value_t = 2000)]
+    pub election_timeout_ms: u64,
 }
 
 impl RunConfig {

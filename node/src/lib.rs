@@ -7,7 +7,9 @@
 //!  └─ service  chat domain: authenticate, authorize, validate, build Commands, queries
 //!      ├─ replication  the command log: group commit in front of the state machine
 //!      └─ storage      RocksDB column families + the deterministic StateMachine
-//! overlay      libp2p identity (the node key)
+//! overlay      libp2p swarm (one event loop owns it) and the node key
+//! election     Chang-Roberts as a pure state machine + the driver (heartbeats, assignments)
+//! roles        role policy (pure) and signed assignments
 //! config       flags and CHORUS_* environment fallbacks
 //! testkit      spawn real chorus-node processes (tests, benches)
 //! node         wiring: start every part, serve, shut down in order
@@ -17,9 +19,11 @@
 
 pub mod api;
 pub mod config;
+pub mod election;
 mod node;
 pub mod overlay;
 pub mod replication;
+pub mod roles;
 pub mod service;
 pub mod storage;
 pub mod testkit;

@@ -14,7 +14,10 @@ use crate::overlay::identity;
 use crate::replication::Log;
 use crate::service::{Hub, Service};
 use crate::storage::{StorageError, Store};
-use chorus_protocol::api::{ClusterView, MemberView, NodeView};
+use crate::election::driver::{self, ClusterState, DriverConfig};
+use crate::overlay::{self, OverlayConfig, OverlayError};
+use chorus_protocol::api::{ClusterView, ElectionStats, MemberView, NodeView};
+use std::sync::atomic::Ordering;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,9 @@ pub enum NodeError {
     /// The node key could not be loaded.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// The libp2p overlay failed to start.
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
     /// Binding or serving failed.
     #[error("{context}: {source}")]
     Io {
@@ -43,31 +49,52 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { context, source }
 }
 
-/// The cluster as a lone node sees it: itself, with every role.
-struct LoneNode {
+/// The cluster view served at `GET /api/v1/cluster`, from the election driver's state.
+struct Cluster {
     peer_id: String,
     http: String,
+    state: Arc<ClusterState>,
 }
 
-impl ClusterInfo for LoneNode {
+impl ClusterInfo for Cluster {
     fn view(&self) -> ClusterView {
-        let roles: Vec<String> = ["storage", "input", "relay"].map(String::from).to_vec();
+        let v = self.state.view();
+        let roles_of = |a: &chorus_protocol::cluster::SignedAssignment, p: &str| -> Vec<String> {
+            a.assignment.roles_of(p).iter().map(|r| r.as_str().to_owned()).collect()
+        };
+        let members = v
+            .assignment
+            .as_ref()
+            .map(|a| {
+                a.assignment.members.iter().map(|m| MemberView { peer_id: m.peer_id.clone(), roles: roles_of(a, &m.peer_id), http: m.http.clone() }).collect()
+            })
+            .unwrap_or_default();
+        let s = &self.state;
         ClusterView {
             this: NodeView {
                 peer_id: self.peer_id.clone(),
-                roles: roles.clone(),
+                roles: v.assignment.as_ref().map(|a| roles_of(a, &self.peer_id)).unwrap_or_default(),
                 http: Some(self.http.clone()),
-                addrs: vec![],
+                addrs: v.addrs.iter().map(|a| a.to_string()).collect(),
             },
-            coordinator: Some(self.peer_id.clone()),
-            epoch: 0,
-            members: vec![MemberView { peer_id: self.peer_id.clone(), roles, http: Some(self.http.clone()) }],
+            coordinator: v.coordinator.map(|c| c.to_base58()),
+            epoch: v.assignment.as_ref().map_or(0, |a| a.assignment.epoch),
+            members,
+            // Until replication lands, every node commits to its own local log.
             storage_leader: Some(self.peer_id.clone()),
+            assignment: v.assignment.clone(),
+            election: Some(ElectionStats {
+                round: v.round,
+                election_msgs: s.election_msgs.load(Ordering::Relaxed),
+                elected_msgs: s.elected_msgs.load(Ordering::Relaxed),
+                rejected_forged: s.rejected_forged.load(Ordering::Relaxed),
+                ignored_stale: s.ignored_stale.load(Ordering::Relaxed),
+            }),
         }
     }
 
     fn ready(&self) -> bool {
-        true
+        self.state.view().assignment.is_some()
     }
 }
 
@@ -154,7 +181,24 @@ async fn serve(
     let listener =
         tokio::net::TcpListener::bind(config.http).await.map_err(io(format!("bind HTTP {}", config.http)))?;
     let http = listener.local_addr().map_err(io("local address"))?;
-    let cluster = Arc::new(LoneNode { peer_id: peer_id.clone(), http: http.to_string() });
+    let overlay_cfg = OverlayConfig {
+        listen: config.listen.clone(),
+        bootstrap: config.bootstrap.clone(),
+        mdns: config.mdns,
+        election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
+    };
+    let (client, events, event_loop) = overlay::new(key.clone(), overlay_cfg)?;
+    let cluster_state = Arc::new(ClusterState::default());
+    let driver_cfg = DriverConfig {
+        heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(50)),
+        timeout: std::time::Duration::from_millis(config.election_timeout_ms.max(200)),
+        storage_replicas: config.storage_replicas.max(1),
+        http: http.to_string(),
+        no_storage: config.no_storage,
+    };
+    let overlay_task = tokio::spawn(event_loop.run());
+    let driver_task = tokio::spawn(driver::run(key, driver_cfg, client, events, cluster_state.clone()));
+    let cluster = Arc::new(Cluster { peer_id: peer_id.clone(), http: http.to_string(), state: cluster_state });
     let state = AppState { service: service.clone(), limits: limits.clone(), metrics, cluster };
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%peer_id, %http, data_dir = %config.data_dir.display(), "chorus-node serving");
@@ -187,6 +231,10 @@ async fn serve(
         .await
         .map_err(io("serve HTTP"));
     pruner.abort();
+    // Dropping the driver drops the last overlay client: the swarm closes its connections.
+    driver_task.abort();
+    let _ = driver_task.await;
+    let _ = overlay_task.await;
     // The router (and with it every Log handle) is gone: the writer drains and stops.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;

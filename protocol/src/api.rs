@@ -336,6 +336,27 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// PeerId of the storage log leader.
     pub storage_leader: Option<String>,
+    /// The signed assignment this node holds (verify it against `coordinator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<crate::cluster::SignedAssignment>,
+    /// This node's election counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<ElectionStats>,
+}
+
+/// Election counters of one node (what it sent and refused).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ElectionStats {
+    /// Round of the current coordinator.
+    pub round: u64,
+    /// Election messages sent.
+    pub election_msgs: u64,
+    /// Elected (announcement) messages sent.
+    pub elected_msgs: u64,
+    /// Assignments refused for a bad signature.
+    pub rejected_forged: u64,
+    /// Assignments ignored for an old epoch.
+    pub ignored_stale: u64,
 }
 
 /// This node in the cluster view.

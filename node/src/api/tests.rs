@@ -24,6 +24,8 @@ impl ClusterInfo for Fixed {
             epoch: 0,
             members: Vec::<MemberView>::new(),
             storage_leader: None,
+            assignment: None,
+            election: None,
         }
     }
     fn ready(&self) -> bool {

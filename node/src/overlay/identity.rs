@@ -1,7 +1,8 @@
 //! The node's ed25519 identity, kept in `<data-dir>/node.key` (libp2p protobuf encoding,
 //! mode 0600). A new key would mean a new PeerId, so it is created once and never replaced.
 
-use libp2p_identity::{Keypair, PeerId};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
 use std::io::Write;
 use std::path::Path;
 

@@ -1,0 +1,188 @@
+//! The task that owns the Swarm.
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{Command, Event, OverlayConfig, OverlayError};
+use chorus_protocol::cluster::{CONTROL_TOPIC, EVENTS_TOPIC, PROTOCOL_VERSION};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Owns the Swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    bootstrap: Vec<Multiaddr>,
+    /// Peers that identified as Chorus nodes (PeerUp sent, PeerDown pending).
+    chorus: HashSet<PeerId>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<(), OverlayError>>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop").field("peer_id", self.swarm.local_peer_id()).finish()
+    }
+}
+
+impl EventLoop {
+    pub(super) fn new(key: Keypair, config: OverlayConfig, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Result<Self, OverlayError> {
+        let build = |e: String| OverlayError::Build(e);
+        let behaviour = Behaviour::new(&key, &config)?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(e.to_string()))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| build(e.to_string()))?
+            // Explicit long idle timeout: the default (10 s) drops quiet cluster links.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        for topic in [CONTROL_TOPIC, EVENTS_TOPIC] {
+            swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(topic)).map_err(|e| build(e.to_string()))?;
+        }
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| OverlayError::Listen { addr: addr.clone(), err: e.to_string() })?;
+        }
+        Ok(EventLoop { swarm, commands, events, bootstrap: config.bootstrap, chorus: HashSet::new(), pending: HashMap::new() })
+    }
+
+    /// Runs until every [`super::Client`] is dropped.
+    pub async fn run(mut self) {
+        self.dial_bootstrap();
+        let mut maintenance = tokio::time::interval(Duration::from_secs(1));
+        let mut rebootstrap = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event).await,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = maintenance.tick() => {
+                    // Alone (e.g. the bootstrap peer restarted): dial the bootstrap list again.
+                    if self.swarm.connected_peers().next().is_none() {
+                        self.dial_bootstrap();
+                    }
+                }
+                _ = rebootstrap.tick() => {
+                    // Refresh the routing table; fails harmlessly while it is empty.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+        tracing::debug!("overlay stopped");
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { topic, data, reply } => {
+                let r = self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(topic), data);
+                let _ = reply.send(r.map(|_| ()).map_err(|e| OverlayError::Publish(e.to_string())));
+            }
+            Command::Validate { id, propagation, acceptance } => {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &propagation, acceptance);
+            }
+            Command::SendElection { to, msg, reply } => {
+                let id = self.swarm.behaviour_mut().election.send_request(&to, msg);
+                self.pending.insert(id, reply);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    async fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "overlay listening");
+                let _ = self.events.send(Event::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                if self.chorus.remove(&peer_id) {
+                    let _ = self.events.send(Event::PeerDown(peer_id)).await;
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    tracing::debug!(%peer_id, version = %info.protocol_version, "not a chorus peer");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                if self.chorus.insert(peer_id) {
+                    let _ = self.events.send(Event::PeerUp(peer_id)).await;
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                // Full mesh for small clusters: connect to every peer we learn of.
+                if !self.swarm.is_connected(&peer) && peer != *self.swarm.local_peer_id() {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Ping(ping::Event { peer, result: Err(e), .. }) => {
+                tracing::debug!(%peer, error = %e, "ping failed; disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+                let Some(source) = message.source else { return };
+                let event = Event::Gossip { source, propagation: propagation_source, id: message_id, topic: message.topic.into_string(), data: message.data };
+                let _ = self.events.send(event).await;
+            }
+            BehaviourEvent::Election(event) => self.on_election(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_election(&mut self, event: request_response::Event<crate::election::Msg<PeerId>, bool>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let _ = self.swarm.behaviour_mut().election.send_response(channel, true);
+                    let _ = self.events.send(Event::Election { from: peer, msg: request }).await;
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(OverlayError::Unreachable(format!("{peer}: {error}"))));
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Role policy (pure) and signed assignments.
+//!
+//! Policy: up to `replicas` storage peers (those already storage keep the role, then the
+//! lowest PeerIds among nodes not started with `--no-storage`); the other nodes split between
+//! input (at least half, at least one) and relay. When every node is storage, every node is
+//! also input and relay: small clusters give one node several roles, a lone node all three.
+
+pub mod sign;
+
+use chorus_protocol::cluster::Role;
+use libp2p::PeerId;
+
+/// A live member as the coordinator knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its id.
+    pub peer_id: PeerId,
+    /// Its HTTP address, once announced.
+    pub http: Option<String>,
+    /// Started with `--no-storage`.
+    pub no_storage: bool,
+}
+
+/// Roles for `members` (any order), as `(peer, roles)` sorted by PeerId bytes.
+pub fn assign(members: &[Candidate], previous_storage: &[PeerId], replicas: usize) -> Vec<(PeerId, Vec<Role>)> {
+    let mut sorted: Vec<&Candidate> = members.iter().collect();
+    sorted.sort_by_key(|c| c.peer_id.to_bytes());
+    sorted.dedup_by_key(|c| c.peer_id);
+    let eligible = |p: &PeerId| sorted.iter().any(|c| c.peer_id == *p && !c.no_storage);
+
+    let mut storage: Vec<PeerId> = previous_storage.iter().copied().filter(|p| eligible(p)).take(replicas).collect();
+    for c in &sorted {
+        if storage.len() >= replicas {
+            break;
+        }
+        if !c.no_storage && !storage.contains(&c.peer_id) {
+            storage.push(c.peer_id);
+        }
+    }
+    let rest: Vec<PeerId> = sorted.iter().map(|c| c.peer_id).filter(|p| !storage.contains(p)).collect();
+    let inputs = rest.len().div_ceil(2);
+
+    sorted
+        .iter()
+        .map(|c| {
+            let p = c.peer_id;
+            let mut roles = Vec::new();
+            if storage.contains(&p) {
+                roles.push(Role::Storage);
+                if rest.is_empty() {
+                    roles.extend([Role::Input, Role::Relay]);
+                }
+            } else {
+                let i = rest.iter().position(|r| *r == p).unwrap_or(0);
+                if i < inputs {
+                    roles.push(Role::Input);
+                }
+                if i >= inputs || rest.len() == 1 {
+                    roles.push(Role::Relay);
+                }
+            }
+            (p, roles)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<Candidate> {
+        (0..n).map(|_| Candidate { peer_id: PeerId::random(), http: None, no_storage: false }).collect()
+    }
+
+    fn count(a: &[(PeerId, Vec<Role>)], role: Role) -> usize {
+        a.iter().filter(|(_, r)| r.contains(&role)).count()
+    }
+
+    #[test]
+    fn policy_for_every_size() {
+        for n in 1..=12 {
+            let m = peers(n);
+            let a = assign(&m, &[], 3);
+            assert_eq!(a.len(), n);
+            assert_eq!(count(&a, Role::Storage), n.min(3), "n={n}");
+            assert!(count(&a, Role::Input) >= 1, "n={n}: at least one input");
+            assert!(a.iter().all(|(_, r)| !r.is_empty()), "n={n}: everyone has a role");
+            if n == 1 {
+                assert_eq!(a[0].1, [Role::Storage, Role::Input, Role::Relay]);
+            }
+            if n > 3 {
+                let rest = n - 3;
+                assert_eq!(count(&a, Role::Input), rest.div_ceil(2), "n={n}");
+                assert!(count(&a, Role::Relay) >= 1);
+            }
+            let sorted: Vec<Vec<u8>> = a.iter().map(|(p, _)| p.to_bytes()).collect();
+            assert!(sorted.windows(2).all(|w| w[0] < w[1]), "ordered by PeerId bytes");
+        }
+    }
+
+    #[test]
+    fn no_storage_nodes_are_never_storage_and_storage_is_sticky() {
+        let mut m = peers(6);
+        for c in m.iter_mut().take(3) {
+            c.no_storage = true;
+        }
+        let a = assign(&m, &[], 3);
+        for (p, r) in &a {
+            let c = m.iter().find(|c| c.peer_id == *p).unwrap();
+            assert!(!(c.no_storage && r.contains(&Role::Storage)));
+        }
+        assert_eq!(count(&a, Role::Storage), 3);
+        // Existing storage peers keep the role when others join.
+        let previous: Vec<PeerId> = a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let mut bigger = m.clone();
+        bigger.extend(peers(4));
+        let b = assign(&bigger, &previous, 3);
+        let now: Vec<PeerId> = b.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let mut x = previous.clone();
+        x.sort_by_key(|p| p.to_bytes());
+        let mut y = now.clone();
+        y.sort_by_key(|p| p.to_bytes());
+        assert_eq!(x, y);
+        // A dead storage peer is replaced.
+        let survivors: Vec<Candidate> = bigger.iter().filter(|c| c.peer_id != previous[0]).cloned().collect();
+        let c = assign(&survivors, &previous, 3);
+        assert_eq!(count(&c, Role::Storage), 3);
+    }
+}

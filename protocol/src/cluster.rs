@@ -1,0 +1,113 @@
+//! Cluster control: roles, signed role assignments, and the gossip messages on
+//! `chorus/v1/control`. Peer ids are base58 strings here (this crate has no libp2p).
+
+use crate::command::Millis;
+use serde::{Deserialize, Serialize};
+
+/// Gossipsub topic for heartbeats, presence and assignments.
+pub const CONTROL_TOPIC: &str = "chorus/v1/control";
+/// Gossipsub topic for new-event notices.
+pub const EVENTS_TOPIC: &str = "chorus/v1/events";
+/// identify protocol version: peers announcing another version are not Chorus nodes.
+pub const PROTOCOL_VERSION: &str = "/chorus/1.0.0";
+/// Kademlia protocol name.
+pub const KAD_PROTOCOL: &str = "/chorus/kad/1.0.0";
+/// Request-response protocol for Election/Elected messages.
+pub const ELECTION_PROTOCOL: &str = "/chorus/election/1";
+
+/// What a node does for the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Keeps and replicates the database.
+    Storage,
+    /// Serves users (HTTP and event streams).
+    Input,
+    /// Forwards gossip and serves circuit relay.
+    Relay,
+}
+
+impl Role {
+    /// Lowercase name, as in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Storage => "storage",
+            Role::Input => "input",
+            Role::Relay => "relay",
+        }
+    }
+}
+
+/// One member and its roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// PeerId (base58).
+    pub peer_id: String,
+    /// HTTP address, if announced.
+    pub http: Option<String>,
+    /// Roles.
+    pub roles: Vec<Role>,
+}
+
+/// The coordinator's decision for one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleAssignment {
+    /// Increases with every new assignment, across coordinators.
+    pub epoch: u64,
+    /// The election round that made the coordinator.
+    pub round: u64,
+    /// The signer.
+    pub coordinator: String,
+    /// Every live member, ordered by PeerId bytes.
+    pub members: Vec<Member>,
+    /// When it was issued (coordinator's clock, informational).
+    pub issued_at: Millis,
+}
+
+impl RoleAssignment {
+    /// The bytes that are signed: the assignment's JSON (field order is fixed).
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The roles of `peer_id` in this assignment.
+    pub fn roles_of(&self, peer_id: &str) -> Vec<Role> {
+        self.members.iter().find(|m| m.peer_id == peer_id).map(|m| m.roles.clone()).unwrap_or_default()
+    }
+}
+
+/// An assignment with the coordinator's ed25519 signature (hex) over
+/// [`RoleAssignment::signing_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAssignment {
+    /// The assignment.
+    pub assignment: RoleAssignment,
+    /// Hex ed25519 signature by the key behind `assignment.coordinator`.
+    pub signature: String,
+}
+
+/// Messages on [`CONTROL_TOPIC`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlMsg {
+    /// The coordinator is alive.
+    Heartbeat {
+        /// Sender (must match the gossip source).
+        coordinator: String,
+        /// Its current assignment epoch.
+        epoch: u64,
+        /// The round that elected it.
+        round: u64,
+    },
+    /// A node is alive, with how to reach it.
+    Presence {
+        /// Sender (must match the gossip source).
+        peer_id: String,
+        /// Its HTTP address.
+        http: Option<String>,
+        /// It must never be a storage peer.
+        no_storage: bool,
+    },
+    /// A signed role assignment.
+    Assignment(SignedAssignment),
+}
