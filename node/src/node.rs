@@ -10,16 +10,16 @@
 
 use crate::api::{self, limits::Limits, metrics::Metrics, AppState, ClusterInfo};
 use crate::config::RunConfig;
+use crate::election::driver::{self, ClusterState, DriverConfig};
 use crate::overlay::identity;
+use crate::overlay::{self, OverlayConfig, OverlayError};
 use crate::replication::Log;
 use crate::service::{Hub, Service};
 use crate::storage::{StorageError, Store};
-use crate::election::driver::{self, ClusterState, DriverConfig};
-use crate::overlay::{self, OverlayConfig, OverlayError};
 use chorus_protocol::api::{ClusterView, ElectionStats, MemberView, NodeView};
-use std::sync::atomic::Ordering;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Why a node could not start or stopped uncleanly.
@@ -66,7 +66,15 @@ impl ClusterInfo for Cluster {
             .assignment
             .as_ref()
             .map(|a| {
-                a.assignment.members.iter().map(|m| MemberView { peer_id: m.peer_id.clone(), roles: roles_of(a, &m.peer_id), http: m.http.clone() }).collect()
+                a.assignment
+                    .members
+                    .iter()
+                    .map(|m| MemberView {
+                        peer_id: m.peer_id.clone(),
+                        roles: roles_of(a, &m.peer_id),
+                        http: m.http.clone(),
+                    })
+                    .collect()
             })
             .unwrap_or_default();
         let s = &self.state;

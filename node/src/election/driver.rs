@@ -49,7 +49,7 @@ pub struct ClusterState {
     pub elected_msgs: AtomicU64,
     /// Assignments refused for a bad signature.
     pub rejected_forged: AtomicU64,
-    /// Assignments ignored for an old epoch.
+    /// Assignments ignored: an old epoch, or not signed by the coordinator this node follows.
     pub ignored_stale: AtomicU64,
 }
 
@@ -115,7 +115,13 @@ struct Driver {
 }
 
 /// Runs the driver until the overlay's event stream ends.
-pub async fn run(key: Keypair, cfg: DriverConfig, client: Client, mut events: mpsc::Receiver<Event>, state: Arc<ClusterState>) {
+pub async fn run(
+    key: Keypair,
+    cfg: DriverConfig,
+    client: Client,
+    mut events: mpsc::Receiver<Event>,
+    state: Arc<ClusterState>,
+) {
     let me = key.public().to_peer_id();
     let (itx, mut irx) = mpsc::channel(256);
     let now = Instant::now();
@@ -177,8 +183,10 @@ impl Driver {
                 self.machine.handle(Input::Membership(self.ring()));
                 self.publish_presence().await;
                 if self.is_coordinator() {
-                    // Tell the newcomer at once who leads (it must not start an election).
+                    // Tell the newcomer at once who leads (it must not start an election),
+                    // then what its role is.
                     self.publish_heartbeat().await;
+                    self.republish().await;
                 }
             }
             Event::PeerDown(p) => {
@@ -195,7 +203,11 @@ impl Driver {
                 self.act(actions).await;
             }
             Event::Gossip { source, propagation, id, topic, data } => {
-                let verdict = if topic == CONTROL_TOPIC { self.on_control(source, &data).await } else { MessageAcceptance::Accept };
+                let verdict = if topic == CONTROL_TOPIC {
+                    self.on_control(source, &data).await
+                } else {
+                    MessageAcceptance::Accept
+                };
                 self.client.validate(id, propagation, verdict).await;
             }
             Event::Listening(addr) => self.state.update(|v| v.addrs.push(addr)),
@@ -234,6 +246,11 @@ impl Driver {
             Some(c) => (round, from.to_bytes()) > (self.coordinator_round, c.to_bytes()),
         };
         if !outranks {
+            if self.is_coordinator() {
+                // A lesser coordinator (a healed partition): reissue above its epochs so its
+                // followers switch to ours once it steps down.
+                self.assigned_from = None;
+            }
             return;
         }
         if self.is_coordinator() && from != self.me {
@@ -259,11 +276,16 @@ impl Driver {
             self.state.rejected_forged.fetch_add(1, Ordering::Relaxed);
             return MessageAcceptance::Reject;
         }
-        self.max_epoch = self.max_epoch.max(signed.assignment.epoch);
-        if self.is_coordinator() && signed.assignment.coordinator != self.me.to_base58() {
-            // Another coordinator is (or was) issuing: ours must be reissued above its epoch.
-            self.assigned_from = None;
+        // Only the coordinator this node follows may assign roles (a validly self-signed
+        // assignment from any other peer is not an assignment). Before any coordinator is
+        // known, the first valid one is taken; heartbeats then settle who leads.
+        if let Some(c) = self.coordinator {
+            if signed.assignment.coordinator != c.to_base58() {
+                self.state.ignored_stale.fetch_add(1, Ordering::Relaxed);
+                return MessageAcceptance::Ignore;
+            }
         }
+        self.max_epoch = self.max_epoch.max(signed.assignment.epoch);
         let current = self.assignment.as_ref().map(|a| (a.assignment.epoch, a.assignment.coordinator.clone()));
         let newer = match &current {
             None => true,
@@ -392,10 +414,17 @@ impl Driver {
         let previous_storage: Vec<PeerId> = self
             .assignment
             .as_ref()
-            .map(|a| a.assignment.members.iter().filter(|m| m.roles.contains(&Role::Storage)).filter_map(|m| m.peer_id.parse().ok()).collect())
+            .map(|a| {
+                a.assignment
+                    .members
+                    .iter()
+                    .filter(|m| m.roles.contains(&Role::Storage))
+                    .filter_map(|m| m.peer_id.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
-        let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)) + 1;
+        let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
         self.max_epoch = epoch;
         let assignment = RoleAssignment {
             epoch,
@@ -403,7 +432,11 @@ impl Driver {
             coordinator: self.me.to_base58(),
             members: roles
                 .into_iter()
-                .map(|(p, roles)| Member { http: members.iter().find(|c| c.peer_id == p).and_then(|c| c.http.clone()), peer_id: p.to_base58(), roles })
+                .map(|(p, roles)| Member {
+                    http: members.iter().find(|c| c.peer_id == p).and_then(|c| c.http.clone()),
+                    peer_id: p.to_base58(),
+                    roles,
+                })
                 .collect(),
             issued_at: crate::service::now_ms(),
         };
@@ -428,12 +461,17 @@ impl Driver {
     async fn publish_heartbeat(&mut self) {
         self.last_sent_heartbeat = Instant::now();
         let epoch = self.assignment.as_ref().map_or(0, |a| a.assignment.epoch);
-        self.publish(ControlMsg::Heartbeat { coordinator: self.me.to_base58(), epoch, round: self.coordinator_round }).await;
+        self.publish(ControlMsg::Heartbeat { coordinator: self.me.to_base58(), epoch, round: self.coordinator_round })
+            .await;
     }
 
     async fn publish_presence(&mut self) {
         self.last_presence = Instant::now();
-        let msg = ControlMsg::Presence { peer_id: self.me.to_base58(), http: Some(self.cfg.http.clone()), no_storage: self.cfg.no_storage };
+        let msg = ControlMsg::Presence {
+            peer_id: self.me.to_base58(),
+            http: Some(self.cfg.http.clone()),
+            no_storage: self.cfg.no_storage,
+        };
         self.publish(msg).await;
     }
 

@@ -28,7 +28,15 @@ impl Net {
                 (id, e)
             })
             .collect();
-        Net { nodes, dead: BTreeSet::new(), queue: Vec::new(), election_msgs: 0, elected_msgs: 0, rng: StdRng::seed_from_u64(seed), shuffle }
+        Net {
+            nodes,
+            dead: BTreeSet::new(),
+            queue: Vec::new(),
+            election_msgs: 0,
+            elected_msgs: 0,
+            rng: StdRng::seed_from_u64(seed),
+            shuffle,
+        }
     }
 
     fn input(&mut self, at: u64, input: Input<u64>) {
@@ -114,7 +122,11 @@ fn all_start_at_once_elects_the_highest_within_bounds() {
                 assert_eq!(net.agreed(), Some(max), "n={n} {order}");
                 assert_eq!(net.elected_msgs, n, "the announcement visits each node once");
                 let (best, worst) = bounds(n);
-                assert!((best..=worst).contains(&net.election_msgs), "n={n} {order}: {} not in {best}..={worst}", net.election_msgs);
+                assert!(
+                    (best..=worst).contains(&net.election_msgs),
+                    "n={n} {order}: {} not in {best}..={worst}",
+                    net.election_msgs
+                );
                 // Ids ascending along the ring: every message but the winner's dies after one
                 // hop (the best case); descending: each travels as far as possible (worst).
                 if order == "ascending" {

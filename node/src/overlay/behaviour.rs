@@ -28,7 +28,9 @@ impl Behaviour {
 
         let identify = identify::Behaviour::new(identify::Config::new(PROTOCOL_VERSION.into(), key.public()));
         // Frequent pings so a silent (stopped, partitioned) peer is noticed in seconds.
-        let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1)).with_timeout(Duration::from_secs(3)));
+        let ping = ping::Behaviour::new(
+            ping::Config::new().with_interval(Duration::from_secs(1)).with_timeout(Duration::from_secs(3)),
+        );
 
         let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_cfg.set_query_timeout(Duration::from_secs(30));
@@ -54,7 +56,8 @@ impl Behaviour {
             .max_transmit_size(1024 * 1024)
             .build()
             .map_err(|e| build(e.to_string()))?;
-        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gs_cfg).map_err(|e| build(e.to_string()))?;
+        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gs_cfg)
+            .map_err(|e| build(e.to_string()))?;
 
         let mdns = if config.mdns {
             Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me).map_err(|e| build(e.to_string()))?)
@@ -63,7 +66,10 @@ impl Behaviour {
         };
 
         let rr_cfg = request_response::Config::default().with_request_timeout(config.election_timeout);
-        let election = request_response::cbor::Behaviour::new([(StreamProtocol::new(ELECTION_PROTOCOL), request_response::ProtocolSupport::Full)], rr_cfg);
+        let election = request_response::cbor::Behaviour::new(
+            [(StreamProtocol::new(ELECTION_PROTOCOL), request_response::ProtocolSupport::Full)],
+            rr_cfg,
+        );
         let relay = relay::Behaviour::new(me, relay::Config::default());
         Ok(Behaviour { identify, ping, kad, gossipsub, mdns: mdns.into(), election, relay })
     }

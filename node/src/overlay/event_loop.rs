@@ -30,7 +30,12 @@ impl std::fmt::Debug for EventLoop {
 }
 
 impl EventLoop {
-    pub(super) fn new(key: Keypair, config: OverlayConfig, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Result<Self, OverlayError> {
+    pub(super) fn new(
+        key: Keypair,
+        config: OverlayConfig,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Self, OverlayError> {
         let build = |e: String| OverlayError::Build(e);
         let behaviour = Behaviour::new(&key, &config)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -43,12 +48,25 @@ impl EventLoop {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
             .build();
         for topic in [CONTROL_TOPIC, EVENTS_TOPIC] {
-            swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(topic)).map_err(|e| build(e.to_string()))?;
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .map_err(|e| build(e.to_string()))?;
         }
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| OverlayError::Listen { addr: addr.clone(), err: e.to_string() })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| OverlayError::Listen { addr: addr.clone(), err: e.to_string() })?;
         }
-        Ok(EventLoop { swarm, commands, events, bootstrap: config.bootstrap, chorus: HashSet::new(), pending: HashMap::new() })
+        Ok(EventLoop {
+            swarm,
+            commands,
+            events,
+            bootstrap: config.bootstrap,
+            chorus: HashSet::new(),
+            pending: HashMap::new(),
+        })
     }
 
     /// Runs until every [`super::Client`] is dropped.
@@ -111,10 +129,8 @@ impl EventLoop {
                 tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "overlay listening");
                 let _ = self.events.send(Event::Listening(address)).await;
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                if self.chorus.remove(&peer_id) {
-                    let _ = self.events.send(Event::PeerDown(peer_id)).await;
-                }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.chorus.remove(&peer_id) => {
+                let _ = self.events.send(Event::PeerDown(peer_id)).await;
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event).await,
             _ => {}
@@ -136,11 +152,11 @@ impl EventLoop {
                     let _ = self.events.send(Event::PeerUp(peer_id)).await;
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
-                // Full mesh for small clusters: connect to every peer we learn of.
-                if !self.swarm.is_connected(&peer) && peer != *self.swarm.local_peer_id() {
-                    let _ = self.swarm.dial(peer);
-                }
+            // Full mesh for small clusters: connect to every peer we learn of.
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if !self.swarm.is_connected(&peer) && peer != *self.swarm.local_peer_id() =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -156,7 +172,13 @@ impl EventLoop {
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                 let Some(source) = message.source else { return };
-                let event = Event::Gossip { source, propagation: propagation_source, id: message_id, topic: message.topic.into_string(), data: message.data };
+                let event = Event::Gossip {
+                    source,
+                    propagation: propagation_source,
+                    id: message_id,
+                    topic: message.topic.into_string(),
+                    data: message.data,
+                };
                 let _ = self.events.send(event).await;
             }
             BehaviourEvent::Election(event) => self.on_election(event).await,

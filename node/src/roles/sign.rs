@@ -47,10 +47,16 @@ pub fn verifying_key(peer: &PeerId) -> Result<VerifyingKey, SignError> {
 
 /// Checks that `signed` was signed by the key of its own `coordinator`.
 pub fn verify(signed: &SignedAssignment) -> Result<PeerId, SignError> {
-    let peer: PeerId = signed.assignment.coordinator.parse().map_err(|_| SignError::BadCoordinator(signed.assignment.coordinator.clone()))?;
+    let peer: PeerId = signed
+        .assignment
+        .coordinator
+        .parse()
+        .map_err(|_| SignError::BadCoordinator(signed.assignment.coordinator.clone()))?;
     let key = verifying_key(&peer)?;
-    let bytes: [u8; 64] = hex::decode(&signed.signature).ok().and_then(|b| b.try_into().ok()).ok_or(SignError::BadSignature)?;
-    key.verify(&signed.assignment.signing_bytes(), &Signature::from_bytes(&bytes)).map_err(|_| SignError::BadSignature)?;
+    let bytes: [u8; 64] =
+        hex::decode(&signed.signature).ok().and_then(|b| b.try_into().ok()).ok_or(SignError::BadSignature)?;
+    key.verify(&signed.assignment.signing_bytes(), &Signature::from_bytes(&bytes))
+        .map_err(|_| SignError::BadSignature)?;
     Ok(peer)
 }
 
