@@ -134,6 +134,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await?;
         }
+        Cmd::Cluster => {
+            let v = c.call(Method::GET, "/api/v1/cluster", false, None).await?;
+            show(&v, &|v| {
+                let mut out = format!("coordinator {} (epoch {})\n", s(&v["coordinator"]), v["epoch"]);
+                out += &lines(&v["members"], |m| {
+                    let roles: Vec<&str> = m["roles"].as_array().map(|r| r.iter().map(s).collect()).unwrap_or_default();
+                    format!("  {} {:<24} {}", s(&m["peer_id"]), roles.join(","), s(&m["http"]))
+                });
+                out
+            });
+        }
         Cmd::Chat { chat } => interactive(&c, &chat).await?,
     }
     Ok(())

@@ -112,6 +112,8 @@ pub enum Cmd {
         #[arg(long)]
         after: Option<u64>,
     },
+    /// Show the cluster: nodes, roles, coordinator, epoch.
+    Cluster,
     /// Interactive chat: shows a chat live; each line you type is sent.
     Chat {
         /// Chat id, or a friend's username for your DM with them.

@@ -8,22 +8,27 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Path of the `chorus-node` binary: `CHORUS_NODE_BIN`, else next to (or one level above)
-/// the running executable, as cargo lays out tests, examples and binaries.
+/// Path of the `chorus-node` binary: `CHORUS_NODE_BIN`, else found like [`workspace_bin`].
 pub fn node_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHORUS_NODE_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("CHORUS_NODE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_bin("chorus-node"),
     }
+}
+
+/// A binary of this workspace, next to (or one level above) the running executable, as cargo
+/// lays out tests, examples and binaries.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     for _ in 0..2 {
-        let candidate = dir.join("chorus-node");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return candidate;
         }
         dir.pop();
     }
-    PathBuf::from("chorus-node")
+    PathBuf::from(name)
 }
 
 /// A running `chorus-node` process, killed (SIGKILL) and reaped on drop.
@@ -40,7 +45,21 @@ impl NodeProc {
     /// Starts `chorus-node run` on `data_dir` with HTTP on a free port (the node binds port 0
     /// and reports the address it got, so there is no port race), plus `extra` flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProc {
-        let mut child = Command::new(node_bin())
+        Self::start_in(None, data_dir, extra)
+    }
+
+    /// Like [`NodeProc::start`], inside network namespace `netns` (`ip netns exec`), with
+    /// HTTP on that namespace's loopback.
+    pub fn start_in(netns: Option<&str>, data_dir: &Path, extra: &[&str]) -> NodeProc {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(node_bin());
+                c
+            }
+            None => Command::new(node_bin()),
+        };
+        let mut child = cmd
             .args(["run", "--data-dir"])
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0"])
@@ -127,5 +146,197 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A private LAN on this machine: `n` network namespaces, each with one veth into a bridge that
+/// lives in a namespace of its own. Nothing touches the machine's real interfaces; multicast
+/// (mDNS) crosses the bridge. Needs root and `ip` (iproute2). Everything is deleted on drop.
+pub struct Lan {
+    /// Namespace names of the hosts.
+    pub hosts: Vec<String>,
+    /// Each host's address (10.213.0.x).
+    pub addrs: Vec<String>,
+    bridge_ns: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Lan {
+    /// Creates the namespaces (names carry this process id, so runs never collide).
+    pub fn new(n: usize) -> Result<Lan, String> {
+        let tag = std::process::id();
+        let bridge_ns = format!("chorus-br-{tag}");
+        let mut lan = Lan { hosts: Vec::new(), addrs: Vec::new(), bridge_ns: bridge_ns.clone() };
+        ip(&["netns", "add", &bridge_ns])?;
+        let in_br = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", bridge_ns.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        in_br(&["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        in_br(&["link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let host = format!("chorus-h{i}-{tag}");
+            let addr = format!("10.213.0.{}", i + 10);
+            ip(&["netns", "add", &host])?;
+            lan.hosts.push(host.clone());
+            lan.addrs.push(addr.clone());
+            let (v, b) = (format!("ch{i}v{tag}"), format!("ch{i}b{tag}"));
+            // Interface names are at most 15 bytes.
+            let (v, b) = (v[..v.len().min(15)].to_owned(), b[..b.len().min(15)].to_owned());
+            ip(&["link", "add", &v, "netns", &host, "type", "veth", "peer", "name", &b, "netns", &bridge_ns])?;
+            in_br(&["link", "set", &b, "master", "br0"])?;
+            in_br(&["link", "set", &b, "up"])?;
+            let in_host = |args: &[&str]| {
+                let mut all = vec!["netns", "exec", host.as_str(), "ip"];
+                all.extend_from_slice(args);
+                ip(&all)
+            };
+            in_host(&["link", "set", "lo", "up"])?;
+            in_host(&["addr", "add", &format!("{addr}/24"), "dev", &v])?;
+            in_host(&["link", "set", &v, "multicast", "on"])?;
+            in_host(&["link", "set", &v, "up"])?;
+            in_host(&["route", "add", "224.0.0.0/4", "dev", &v])?;
+        }
+        Ok(lan)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = ip(&["netns", "del", h]);
+        }
+        let _ = ip(&["netns", "del", &self.bridge_ns]);
+    }
+}
+
+/// `GET url` (plain HTTP/1.1 on 127.0.0.1), parsed as JSON. `None` on any failure.
+pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+/// A local cluster of `chorus-node` processes: the first listens on a known port, the others
+/// bootstrap from it.
+pub struct LocalCluster {
+    /// Data dirs (kept across restarts: same dir, same PeerId).
+    pub dirs: Vec<tempfile::TempDir>,
+    /// Running nodes (`None`: killed).
+    pub nodes: Vec<Option<NodeProc>>,
+    /// The first node's listen address.
+    pub seed: String,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes, each with `extra` flags.
+    pub fn start(n: usize, extra: &[&str]) -> LocalCluster {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+        let seed = format!("/ip4/127.0.0.1/tcp/{port}");
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().expect("temp dir")).collect();
+        let nodes = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut args = vec![if i == 0 { "--listen" } else { "--bootstrap" }, seed.as_str()];
+                args.extend_from_slice(extra);
+                Some(NodeProc::start(d.path(), &args))
+            })
+            .collect();
+        LocalCluster { dirs, nodes, seed }
+    }
+
+    /// Each live node's `/api/v1/cluster`.
+    pub fn views(&self) -> Vec<(usize, chorus_protocol::api::ClusterView)> {
+        let urls: Vec<(usize, String)> =
+            self.nodes.iter().enumerate().filter_map(|(i, n)| Some((i, n.as_ref()?.url.clone()))).collect();
+        urls.into_iter().filter_map(|(i, url)| Some((i, get_json(&format!("{url}/api/v1/cluster"))?))).collect()
+    }
+
+    /// Live node count.
+    pub fn live(&self) -> usize {
+        self.nodes.iter().flatten().count()
+    }
+
+    /// `(coordinator, epoch)` once every live node follows one coordinator at one epoch with
+    /// an assignment listing exactly the live nodes.
+    pub fn settled(&self) -> Option<(String, u64)> {
+        let views = self.views();
+        if views.len() != self.live() {
+            return None;
+        }
+        let coordinator = views.first()?.1.coordinator.clone()?;
+        let epoch = views[0].1.epoch;
+        views
+            .iter()
+            .all(|(_, v)| {
+                v.coordinator.as_deref() == Some(coordinator.as_str())
+                    && v.epoch == epoch
+                    && v.members.len() == self.live()
+                    && v.assignment.as_ref().is_some_and(|a| a.assignment.coordinator == coordinator)
+            })
+            .then_some((coordinator, epoch))
+    }
+
+    /// Waits for [`LocalCluster::settled`]; panics with every node's log after `timeout`.
+    pub fn wait_settled(&self, timeout: Duration) -> (String, u64) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.settled() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    if let Some(n) = n {
+                        eprintln!("--- node {i} log:\n{}", n.log_lines().join("\n"));
+                    }
+                }
+                panic!("cluster did not settle: {:#?}", self.views());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Index of the node with this PeerId.
+    pub fn index_of(&self, peer: &str) -> Option<usize> {
+        self.dirs.iter().position(|d| crate::overlay::identity::peer_id(d.path()).is_ok_and(|p| p.to_base58() == peer))
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.kill9();
+        }
+    }
+
+    /// Restarts node `i` on its data dir, joining through a live node.
+    pub fn restart(&mut self, i: usize) {
+        let via = self
+            .views()
+            .into_iter()
+            .find_map(|(_, v)| v.this.addrs.first().cloned())
+            .unwrap_or_else(|| self.seed.clone());
+        self.nodes[i] = Some(NodeProc::start(self.dirs[i].path(), &["--bootstrap", &via]));
     }
 }

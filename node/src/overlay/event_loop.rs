@@ -86,6 +86,7 @@ impl EventLoop {
                     if self.swarm.connected_peers().next().is_none() {
                         self.dial_bootstrap();
                     }
+                    self.dial_known_peers();
                 }
                 _ = rebootstrap.tick() => {
                     // Refresh the routing table; fails harmlessly while it is empty.
@@ -94,6 +95,24 @@ impl EventLoop {
             }
         }
         tracing::debug!("overlay stopped");
+    }
+
+    /// Full mesh for small clusters: dial every routing-table peer we are not connected to,
+    /// so losing the peer we joined through never isolates us.
+    fn dial_known_peers(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        for peer in known {
+            if peer != me && !self.swarm.is_connected(&peer) {
+                let _ = self.swarm.dial(peer);
+            }
+        }
     }
 
     fn dial_bootstrap(&mut self) {
@@ -149,6 +168,9 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 if self.chorus.insert(peer_id) {
+                    // A new peer knows others: look ourselves up to learn (and dial) them now
+                    // rather than at the next periodic bootstrap.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     let _ = self.events.send(Event::PeerUp(peer_id)).await;
                 }
             }
