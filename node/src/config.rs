@@ -28,6 +28,22 @@ pub enum CliCommand {
         #[arg(long, env = "CHORUS_DATA_DIR", default_value = "chorus-data")]
         data_dir: PathBuf,
     },
+    /// Run a local cluster: N `chorus-node run` processes on 127.0.0.1 (HTTP on consecutive
+    /// ports from --http-port, libp2p from --p2p-port), until Ctrl-C.
+    Cluster {
+        /// How many nodes.
+        #[arg(long, env = "CHORUS_NODES", default_value_t = 3)]
+        nodes: u16,
+        /// Parent data directory (node i uses DIR/node-i).
+        #[arg(long, env = "CHORUS_DATA_DIR", default_value = "chorus-data")]
+        data_dir: PathBuf,
+        /// HTTP port of node 0 (node i: +i).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// libp2p port of node 0 (node i: +i); the others bootstrap from node 0.
+        #[arg(long, default_value_t = 7000)]
+        p2p_port: u16,
+    },
     /// Print a digest of the stored data as JSON (the node must be stopped).
     Inspect {
         /// Data directory.

@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        CliCommand::Cluster { nodes, data_dir, http_port, p2p_port } => local_cluster(nodes, &data_dir, http_port, p2p_port),
         CliCommand::Run(config) => {
             // Blocking threads serve RocksDB reads and argon2; a small pool bounds memory (each
             // thread brings its own malloc arena) without starving the 2-core machines we target.
@@ -47,4 +48,34 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `chorus-node cluster`: spawns `nodes` copies of this binary and stops them on Ctrl-C.
+fn local_cluster(nodes: u16, data_dir: &std::path::Path, http_port: u16, p2p_port: u16) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("locate chorus-node")?;
+    let seed = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+    let mut children = Vec::new();
+    for i in 0..nodes {
+        let dir = data_dir.join(format!("node-{i}"));
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run").arg("--data-dir").arg(&dir);
+        cmd.args(["--http", &format!("127.0.0.1:{}", http_port + i)]);
+        cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", p2p_port + i)]);
+        if i > 0 {
+            cmd.args(["--bootstrap", &seed]);
+        }
+        children.push(cmd.spawn().with_context(|| format!("start node {i}"))?);
+        eprintln!("node {i}: http://127.0.0.1:{}  data {}", http_port + i, dir.display());
+    }
+    eprintln!("cluster of {nodes} running; Ctrl-C stops it");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(shutdown_signal());
+    for child in &children {
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    Ok(())
 }
