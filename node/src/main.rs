@@ -21,7 +21,9 @@ fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        CliCommand::Cluster { nodes, data_dir, http_port, p2p_port } => local_cluster(nodes, &data_dir, http_port, p2p_port),
+        CliCommand::Cluster { nodes, data_dir, http_port, p2p_port } => {
+            local_cluster(nodes, &data_dir, http_port, p2p_port)
+        }
         CliCommand::Run(config) => {
             // Blocking threads serve RocksDB reads and argon2; a small pool bounds memory (each
             // thread brings its own malloc arena) without starving the 2-core machines we target.

@@ -13,7 +13,7 @@
 //!     +---------- oneshot reply <------------------+--> on_commit(notices) -> event hub
 //! ```
 
-use crate::storage::{Notice, StateMachine, StorageError, Store};
+use crate::storage::{applied_index_row, Notice, StateMachine, StorageError, Store};
 use chorus_protocol::{Applied, Command, CommandError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -109,7 +109,7 @@ fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>, on_commit: OnCommi
                 next = rx.try_recv().ok();
             }
         }
-        match StateMachine::new(&store).apply_batch(&commands, Some(index + 1)) {
+        match StateMachine::new(&store).apply_batch(&commands, vec![applied_index_row(index + 1)], true) {
             Ok(out) => {
                 index += 1;
                 on_commit(&out.notices, out.messages);

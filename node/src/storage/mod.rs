@@ -3,16 +3,17 @@
 //!
 //! Column families (see `docs/ARCHITECTURE.md` for key layouts):
 //! users, sessions, friends, friend_requests, groups, members, chats, messages, files,
-//! idempotency, events, meta.
+//! idempotency, events, meta (the replicated state), raft_log and raft_meta (the log).
 //!
 //! All calls here block: async callers go through `spawn_blocking` or the writer thread.
 
 mod keys;
 mod queries;
+pub mod raft;
 pub mod records;
 mod state_machine;
 
-pub use state_machine::{ApplyOutput, Notice, StateMachine};
+pub use state_machine::{applied_index_row, ApplyOutput, Notice, StateMachine};
 
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
 use std::path::{Path, PathBuf};
@@ -44,11 +45,34 @@ pub enum Cf {
     Events,
     /// evseq \0 user -> u64; applied -> u64
     Meta,
+    /// Raft log: index (be u64) -> entry
+    RaftLog,
+    /// Raft state: vote, committed, last purged, state-machine applied id and membership,
+    /// current snapshot
+    RaftMeta,
 }
 
 impl Cf {
     /// All of them.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 14] = [
+        Cf::Users,
+        Cf::Sessions,
+        Cf::Friends,
+        Cf::FriendRequests,
+        Cf::Groups,
+        Cf::Members,
+        Cf::Chats,
+        Cf::Messages,
+        Cf::Files,
+        Cf::Idempotency,
+        Cf::Events,
+        Cf::Meta,
+        Cf::RaftLog,
+        Cf::RaftMeta,
+    ];
+
+    /// The CFs that hold replicated user state (what a snapshot carries).
+    pub const STATE: [Cf; 12] = [
         Cf::Users,
         Cf::Sessions,
         Cf::Friends,
@@ -78,6 +102,8 @@ impl Cf {
             Cf::Idempotency => "idempotency",
             Cf::Events => "events",
             Cf::Meta => "meta",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftMeta => "raft_meta",
         }
     }
 }
@@ -193,12 +219,12 @@ impl Store {
         Ok(())
     }
 
-    /// SHA-256 over every key and value of every CF, in order: equal digests mean equal
-    /// contents. Used by the determinism tests and `chorus-node inspect`.
+    /// SHA-256 over every key and value of the replicated state's CFs, in order: equal
+    /// digests mean equal contents. Used by the determinism tests and `chorus-node inspect`.
     pub fn digest(&self) -> Result<String, StorageError> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for cf in Cf::ALL {
+        for cf in Cf::STATE {
             h.update(cf.name().as_bytes());
             for row in self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
                 let (k, v) = row?;

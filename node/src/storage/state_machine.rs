@@ -35,6 +35,11 @@ pub struct ApplyOutput {
     pub messages: u64,
 }
 
+/// The `extra` row that records the local log's applied index.
+pub fn applied_index_row(index: u64) -> (Cf, Vec<u8>, Vec<u8>) {
+    (Cf::Meta, b"applied".to_vec(), index.to_be_bytes().to_vec())
+}
+
 /// Applies commands to a [`Store`]. The only writer of user data.
 #[derive(Debug)]
 pub struct StateMachine<'a> {
@@ -49,9 +54,16 @@ impl<'a> StateMachine<'a> {
         Self { store }
     }
 
-    /// Applies `commands` in order and durably writes the result as one synced WriteBatch.
-    /// `applied_index`, when given, is stored in the same batch (the replicated log's position).
-    pub fn apply_batch(&self, commands: &[Command], applied_index: Option<u64>) -> Result<ApplyOutput, StorageError> {
+    /// Applies `commands` in order and writes the result as one WriteBatch, together with
+    /// `extra` rows (the log position, membership) so state and position never disagree.
+    /// `sync` makes the write durable before returning (needed when no other log holds the
+    /// commands).
+    pub fn apply_batch(
+        &self,
+        commands: &[Command],
+        extra: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+        sync: bool,
+    ) -> Result<ApplyOutput, StorageError> {
         let mut tx = Tx { store: self.store, batch: Staged::new(), cmd: Staged::new(), notices: BTreeMap::new() };
         let mut out = ApplyOutput::default();
         for command in commands {
@@ -68,8 +80,8 @@ impl<'a> StateMachine<'a> {
             }
             out.results.push(result);
         }
-        if let Some(index) = applied_index {
-            tx.batch.insert((Cf::Meta, b"applied".to_vec()), Some(index.to_be_bytes().to_vec()));
+        for (cf, key, value) in extra {
+            tx.batch.insert((cf, key), Some(value));
         }
         let mut wb = rocksdb::WriteBatch::default();
         for ((cf, key), value) in &tx.batch {
@@ -79,7 +91,7 @@ impl<'a> StateMachine<'a> {
             }
         }
         let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.store.db.write_opt(wb, &wo)?;
         out.notices = tx.notices.into_iter().map(|(user, seq)| Notice { user, seq }).collect();
         Ok(out)

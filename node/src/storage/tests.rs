@@ -80,7 +80,7 @@ fn run(store: &Store, batches: &[Vec<Command>]) -> Vec<Result<Applied, CommandEr
     let sm = StateMachine::new(store);
     let mut results = Vec::new();
     for (i, b) in batches.iter().enumerate() {
-        results.extend(sm.apply_batch(b, Some(i as u64 + 1)).unwrap().results);
+        results.extend(sm.apply_batch(b, vec![applied_index_row(i as u64 + 1)], true).unwrap().results);
     }
     results
 }
@@ -94,7 +94,7 @@ fn replay_gives_byte_identical_contents() {
     assert_eq!(ra, rb);
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
     // And the digest notices a difference.
-    StateMachine::new(&b).apply_batch(&[account("dave")], Some(99)).unwrap();
+    StateMachine::new(&b).apply_batch(&[account("dave")], vec![applied_index_row(99)], true).unwrap();
     assert_ne!(a.digest().unwrap(), b.digest().unwrap());
 }
 
@@ -134,8 +134,8 @@ fn refused_commands_leave_no_trace() {
     let (_d2, b) = open();
     let sm_a = StateMachine::new(&a);
     let sm_b = StateMachine::new(&b);
-    sm_a.apply_batch(&[account("alice"), account("bob")], Some(1)).unwrap();
-    sm_b.apply_batch(&[account("alice"), account("bob")], Some(1)).unwrap();
+    sm_a.apply_batch(&[account("alice"), account("bob")], vec![applied_index_row(1)], true).unwrap();
+    sm_b.apply_batch(&[account("alice"), account("bob")], vec![applied_index_row(1)], true).unwrap();
     let refused = [
         msg(&ChatId::dm("alice", "bob"), "alice", 1, Some("x")),
         Command::SendFriendRequest { from: "alice".into(), to: "alice".into(), at: 1 },
@@ -158,10 +158,10 @@ fn refused_commands_leave_no_trace() {
         },
         Command::PutFileChunk { hash: "wrong".into(), data: vec![1, 2, 3] },
     ];
-    let out = sm_a.apply_batch(&refused, Some(2)).unwrap();
+    let out = sm_a.apply_batch(&refused, vec![applied_index_row(2)], true).unwrap();
     assert!(out.results.iter().all(Result::is_err), "{:?}", out.results);
     assert!(out.notices.is_empty());
-    sm_b.apply_batch(&[], Some(2)).unwrap();
+    sm_b.apply_batch(&[], vec![applied_index_row(2)], true).unwrap();
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
 }
 
@@ -177,7 +177,7 @@ fn commands_in_one_batch_see_each_other() {
         msg(&dm, "alice", 1, None),
         msg(&dm, "bob", 2, None),
     ];
-    let out = StateMachine::new(&s).apply_batch(&batch, Some(1)).unwrap();
+    let out = StateMachine::new(&s).apply_batch(&batch, vec![applied_index_row(1)], true).unwrap();
     assert_eq!(out.results[3], Ok(Applied::FriendRequest { accepted: true }));
     assert!(matches!(out.results[5], Ok(Applied::MessageSent { seq: 2, .. })));
     assert_eq!(out.messages, 2);

@@ -1,0 +1,496 @@
+//! openraft storage (v2 traits) on RocksDB: the log in `raft_log` / `raft_meta`, the state
+//! machine on the chat state CFs through [`StateMachine`].
+//!
+//! Durability: a log append is reported done (`LogFlushed`) only after its WriteBatch was
+//! written with a synced WAL; the vote is synced too. State-machine writes need no sync: the
+//! applied log id and membership go in the SAME WriteBatch as the applied data, so after a
+//! crash the machine is at some applied id and openraft re-applies the rest from the log.
+//!
+//! A snapshot is every row of the state CFs (a RocksDB snapshot, so it is consistent) in a
+//! simple length-prefixed framing; installing one replaces those CFs in one WriteBatch.
+
+use super::state_machine::{ApplyOutput, StateMachine};
+use super::{Cf, StorageError as DbError, Store};
+use chorus_protocol::{Applied, Command, CommandError};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+/// A group-commit batch: the commands that share one log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+/// One result per command of a [`Batch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult(pub Vec<Result<Applied, CommandError>>);
+
+/// A storage peer as Raft knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftNode {
+    /// libp2p PeerId (base58).
+    pub peer_id: String,
+    /// libp2p addresses.
+    pub addrs: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// Chorus's Raft types: u64 node ids derived from PeerIds, batches of commands as entries.
+    pub TypeConfig:
+        D = Batch,
+        R = BatchResult,
+        NodeId = u64,
+        Node = RaftNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+type NodeId = u64;
+type SError = StorageError<NodeId>;
+
+/// Called with each applied batch's output (event notices, message counts).
+pub type OnApply = Arc<dyn Fn(&ApplyOutput) + Send + Sync>;
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"last_purged";
+const SM_APPLIED: &[u8] = b"sm_applied";
+const SM_MEMBERSHIP: &[u8] = b"sm_membership";
+const SNAP_META: &[u8] = b"snapshot_meta";
+const SNAP_DATA: &[u8] = b"snapshot_data";
+
+fn io_err(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn unjson<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, AnyError> {
+    serde_json::from_slice(b).map_err(io_err)
+}
+
+/// Runs blocking RocksDB work off the async workers.
+async fn blocking<T, F>(store: &Arc<Store>, f: F) -> Result<T, AnyError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, AnyError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(io_err)?
+}
+
+fn write(store: &Store, wb: rocksdb::WriteBatch, sync: bool) -> Result<(), AnyError> {
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(sync);
+    store.db.write_opt(wb, &wo).map_err(io_err)
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(store: &Store, key: &[u8]) -> Result<Option<T>, AnyError> {
+    store.get(Cf::RaftMeta, key).map_err(io_err)?.map(|b| unjson(&b)).transpose()
+}
+
+/// The Raft log on RocksDB.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    store: Arc<Store>,
+}
+
+impl LogStore {
+    /// The log in `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+}
+
+fn start_index(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let start = start_index(&range);
+        let end: Bound<u64> = range.end_bound().cloned();
+        blocking(&self.store, move |s| {
+            let r = (Bound::Included(start), end);
+            let from = start.to_be_bytes();
+            let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+            let mut out = Vec::new();
+            for row in s.db.iterator_cf(s.cf(Cf::RaftLog), mode) {
+                let (k, v) = row.map_err(io_err)?;
+                let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
+                if !r.contains(&idx) {
+                    break;
+                }
+                out.push(unjson(&v)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        blocking(&self.store, |s| {
+            let purged: Option<LogId<NodeId>> = get_meta(s, PURGED)?;
+            let last =
+                s.db.iterator_cf(s.cf(Cf::RaftLog), rocksdb::IteratorMode::End).next().transpose().map_err(io_err)?;
+            let last = match last {
+                Some((_, v)) => Some(unjson::<Entry<TypeConfig>>(&v)?.log_id),
+                None => purged,
+            };
+            Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        })
+        .await
+        .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        let v = json(vote);
+        blocking(&self.store, move |s| {
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(s.cf(Cf::RaftMeta), VOTE, v);
+            write(s, wb, true)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        blocking(&self.store, |s| get_meta(s, VOTE)).await.map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        let v = json(&committed);
+        blocking(&self.store, move |s| {
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(s.cf(Cf::RaftMeta), COMMITTED, v);
+            write(s, wb, false)
+        })
+        .await
+        .map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        blocking(&self.store, |s| Ok(get_meta::<Option<LogId<NodeId>>>(s, COMMITTED)?.flatten()))
+            .await
+            .map_err(|e| StorageIOError::read(e).into())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows: Vec<([u8; 8], Vec<u8>)> =
+            entries.into_iter().map(|e| (e.log_id.index.to_be_bytes(), json(&e))).collect();
+        let result = blocking(&self.store, move |s| {
+            let mut wb = rocksdb::WriteBatch::default();
+            for (k, v) in rows {
+                wb.put_cf(s.cf(Cf::RaftLog), k, v);
+            }
+            // Durable before it is reported: the WAL is synced.
+            write(s, wb, true)
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        blocking(&self.store, move |s| {
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.delete_range_cf(s.cf(Cf::RaftLog), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+            wb.delete_cf(s.cf(Cf::RaftLog), u64::MAX.to_be_bytes());
+            write(s, wb, true)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let v = json(&log_id);
+        blocking(&self.store, move |s| {
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(s.cf(Cf::RaftMeta), PURGED, v);
+            wb.delete_range_cf(s.cf(Cf::RaftLog), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
+            write(s, wb, true)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+/// The replicated chat state as a Raft state machine.
+#[derive(Clone)]
+pub struct StateStore {
+    store: Arc<Store>,
+    on_apply: Option<OnApply>,
+}
+
+impl Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// The state machine over `store`; `on_apply` sees every applied batch's output.
+    pub fn new(store: Arc<Store>, on_apply: Option<OnApply>) -> Self {
+        Self { store, on_apply }
+    }
+}
+
+/// Every row of the state CFs, framed as `cf(u8) klen(u32) key vlen(u32) value`.
+fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, RaftNode>, Vec<u8>), AnyError> {
+    let snap = s.db.snapshot();
+    let read = |k: &[u8]| -> Result<Option<Vec<u8>>, AnyError> { snap.get_cf(s.cf(Cf::RaftMeta), k).map_err(io_err) };
+    let applied: Option<LogId<NodeId>> = read(SM_APPLIED)?.map(|b| unjson(&b)).transpose()?;
+    let membership: StoredMembership<NodeId, RaftNode> =
+        read(SM_MEMBERSHIP)?.map(|b| unjson(&b)).transpose()?.unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, cf) in Cf::STATE.iter().enumerate() {
+        for row in snap.iterator_cf(s.cf(*cf), rocksdb::IteratorMode::Start) {
+            let (k, v) = row.map_err(io_err)?;
+            out.push(i as u8);
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+        }
+    }
+    Ok((applied, membership, out))
+}
+
+/// Parses [`dump_state`]'s framing.
+fn parse_rows(mut data: &[u8]) -> Result<Vec<(Cf, &[u8], &[u8])>, AnyError> {
+    let bad = || io_err("truncated snapshot");
+    let mut rows = Vec::new();
+    let take = |n: usize, data: &mut &[u8]| -> Result<Vec<u8>, AnyError> {
+        if data.len() < n {
+            return Err(bad());
+        }
+        let (head, rest) = data.split_at(n);
+        *data = rest;
+        Ok(head.to_vec())
+    };
+    while !data.is_empty() {
+        let cf = *Cf::STATE.get(take(1, &mut data)?[0] as usize).ok_or_else(bad)?;
+        let klen = u32::from_be_bytes(take(4, &mut data)?.try_into().map_err(|_| bad())?) as usize;
+        if data.len() < klen {
+            return Err(bad());
+        }
+        let (k, rest) = data.split_at(klen);
+        data = rest;
+        let vlen = u32::from_be_bytes(take(4, &mut data)?.try_into().map_err(|_| bad())?) as usize;
+        if data.len() < vlen {
+            return Err(bad());
+        }
+        let (v, rest) = data.split_at(vlen);
+        data = rest;
+        rows.push((cf, k, v));
+    }
+    Ok(rows)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let (meta, data) = blocking(&self.store, |s| {
+            let (applied, membership, data) = dump_state(s)?;
+            let snapshot_id = match applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
+            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_DATA, &data);
+            write(s, wb, false)?;
+            Ok((meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = StateStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, RaftNode>), SError> {
+        blocking(&self.store, |s| {
+            let applied = get_meta(s, SM_APPLIED)?;
+            let membership = get_meta(s, SM_MEMBERSHIP)?.unwrap_or_default();
+            Ok((applied, membership))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_state_machine(e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let on_apply = self.on_apply.clone();
+        blocking(&self.store, move |s| {
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let mut extra = vec![(Cf::RaftMeta, SM_APPLIED.to_vec(), json(&Some(entry.log_id)))];
+                let commands = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(batch) => batch.0,
+                    EntryPayload::Membership(m) => {
+                        let stored = StoredMembership::new(Some(entry.log_id), m);
+                        extra.push((Cf::RaftMeta, SM_MEMBERSHIP.to_vec(), json(&stored)));
+                        Vec::new()
+                    }
+                };
+                let applied =
+                    StateMachine::new(s).apply_batch(&commands, extra, false).map_err(|e: DbError| io_err(e))?;
+                if let Some(f) = &on_apply {
+                    f(&applied);
+                }
+                out.push(BatchResult(applied.results));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(e).into())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, RaftNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SError> {
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        let sig = meta.signature();
+        blocking(&self.store, move |s| {
+            let rows = parse_rows(&data)?;
+            let mut wb = rocksdb::WriteBatch::default();
+            for cf in Cf::STATE {
+                for row in s.db.iterator_cf(s.cf(cf), rocksdb::IteratorMode::Start) {
+                    let (k, _) = row.map_err(io_err)?;
+                    wb.delete_cf(s.cf(cf), k);
+                }
+            }
+            for (cf, k, v) in rows {
+                wb.put_cf(s.cf(cf), k, v);
+            }
+            wb.put_cf(s.cf(Cf::RaftMeta), SM_APPLIED, json(&meta.last_log_id));
+            wb.put_cf(s.cf(Cf::RaftMeta), SM_MEMBERSHIP, json(&meta.last_membership));
+            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
+            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_DATA, &data);
+            write(s, wb, true)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(sig), e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        blocking(&self.store, |s| {
+            let meta: Option<SnapshotMeta<NodeId, RaftNode>> = get_meta(s, SNAP_META)?;
+            let data = s.get(Cf::RaftMeta, SNAP_DATA).map_err(io_err)?;
+            Ok(match (meta, data) {
+                (Some(meta), Some(data)) => Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }),
+                _ => None,
+            })
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), SError> {
+            let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+            let store = Arc::new(Store::open(dir.path()).map_err(|e| StorageIOError::write(io_err(e)))?);
+            Ok((dir, LogStore::new(store.clone()), StateStore::new(store, None)))
+        }
+    }
+
+    #[test]
+    fn passes_the_openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn snapshots_carry_the_chat_state() {
+        let (_d1, mut log1, mut sm1) = Builder.build().await.unwrap();
+        let _ = &mut log1;
+        let account = |n: &str| Command::CreateAccount {
+            username: n.into(),
+            display_name: None,
+            password_hash: "x".into(),
+            at: 1,
+        };
+        let mut entry = Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
+            payload: EntryPayload::Normal(Batch(vec![account("alice"), account("bob"), account("alice")])),
+        };
+        let results = sm1.apply([entry.clone()]).await.unwrap();
+        assert_eq!(results[0].0.len(), 3);
+        assert!(results[0].0[2].is_err(), "duplicate refused");
+        entry.log_id.index = 2;
+        entry.payload = EntryPayload::Normal(Batch(vec![account("carol")]));
+        sm1.apply([entry]).await.unwrap();
+        let snap = sm1.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+
+        let (_d2, _log2, mut sm2) = Builder.build().await.unwrap();
+        sm2.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(sm2.store.digest().unwrap(), sm1.store.digest().unwrap());
+        assert_eq!(sm2.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+        assert!(sm2.store.user("carol").unwrap().is_some());
+        let current = sm2.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+    }
+}
