@@ -272,7 +272,11 @@ impl StateStore {
 }
 
 /// Every row of the state CFs, framed as `cf(u8) klen(u32) key vlen(u32) value`.
-fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, RaftNode>, Vec<u8>), AnyError> {
+type Membership = StoredMembership<NodeId, RaftNode>;
+/// One row of a snapshot: column family, key, value.
+type Row<'a> = (Cf, &'a [u8], &'a [u8]);
+
+fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), AnyError> {
     let snap = s.db.snapshot();
     let read = |k: &[u8]| -> Result<Option<Vec<u8>>, AnyError> { snap.get_cf(s.cf(Cf::RaftMeta), k).map_err(io_err) };
     let applied: Option<LogId<NodeId>> = read(SM_APPLIED)?.map(|b| unjson(&b)).transpose()?;
@@ -293,7 +297,7 @@ fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, StoredMembership<Node
 }
 
 /// Parses [`dump_state`]'s framing.
-fn parse_rows(mut data: &[u8]) -> Result<Vec<(Cf, &[u8], &[u8])>, AnyError> {
+fn parse_rows(mut data: &[u8]) -> Result<Vec<Row<'_>>, AnyError> {
     let bad = || io_err("truncated snapshot");
     let mut rows = Vec::new();
     let take = |n: usize, data: &mut &[u8]| -> Result<Vec<u8>, AnyError> {
