@@ -276,7 +276,14 @@ type Membership = StoredMembership<NodeId, RaftNode>;
 /// One row of a snapshot: column family, key, value.
 type Row<'a> = (Cf, &'a [u8], &'a [u8]);
 
-fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), AnyError> {
+/// A consistent copy of the state: where it stands in the log, and every state row.
+struct Dump {
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    data: Vec<u8>,
+}
+
+fn dump_state(s: &Store) -> Result<Dump, AnyError> {
     let snap = s.db.snapshot();
     let read = |k: &[u8]| -> Result<Option<Vec<u8>>, AnyError> { snap.get_cf(s.cf(Cf::RaftMeta), k).map_err(io_err) };
     let applied: Option<LogId<NodeId>> = read(SM_APPLIED)?.map(|b| unjson(&b)).transpose()?;
@@ -293,7 +300,7 @@ fn dump_state(s: &Store) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>),
             out.extend_from_slice(&v);
         }
     }
-    Ok((applied, membership, out))
+    Ok(Dump { applied, membership, data: out })
 }
 
 /// Parses [`dump_state`]'s framing.
@@ -330,7 +337,7 @@ fn parse_rows(mut data: &[u8]) -> Result<Vec<Row<'_>>, AnyError> {
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (meta, data) = blocking(&self.store, |s| {
-            let (applied, membership, data) = dump_state(s)?;
+            let Dump { applied, membership, data } = dump_state(s)?;
             let snapshot_id = match applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
                 None => format!("empty-{}", data.len()),
