@@ -5,10 +5,10 @@
 //! replayed and self-appointed assignments are refused.
 
 use chorus_node::overlay::{self, OverlayConfig};
-use chorus_node::roles::sign;
+use chorus_node::roles::{self, sign, Candidate};
 use chorus_node::testkit::LocalCluster;
 use chorus_protocol::api::ElectionStats;
-use chorus_protocol::cluster::{ControlMsg, SignedAssignment, CONTROL_TOPIC};
+use chorus_protocol::cluster::{ControlMsg, Role, SignedAssignment, CONTROL_TOPIC};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use std::time::{Duration, Instant};
@@ -38,6 +38,17 @@ fn five_nodes_elect_fail_over_and_rejoin() {
         check_assignment(v.assignment.as_ref().unwrap(), 5);
         assert_eq!(v.assignment.as_ref().unwrap().assignment.epoch, epoch);
     }
+    // The first assignment is exactly the policy applied to the five members.
+    let first = c.views()[0].1.assignment.clone().unwrap().assignment;
+    let candidates: Vec<Candidate> = first
+        .members
+        .iter()
+        .map(|m| Candidate { peer_id: m.peer_id.parse().unwrap(), http: m.http.clone(), no_storage: false })
+        .collect();
+    let expected = roles::assign(&candidates, &[], 3);
+    let got: Vec<(PeerId, Vec<Role>)> =
+        first.members.iter().map(|m| (m.peer_id.parse().unwrap(), m.roles.clone())).collect();
+    assert_eq!(got, expected);
 
     // kill -9 the coordinator: the survivors elect the next highest and re-assign.
     let dead = c.index_of(&coordinator).unwrap();
