@@ -82,7 +82,7 @@ async fn attacker(seed: &str) -> (Keypair, overlay::Client) {
         mdns: false,
         election_timeout: Duration::from_secs(2),
     };
-    let (client, mut events, event_loop) = overlay::new(key.clone(), cfg).unwrap();
+    let (client, mut events, _raft, event_loop) = overlay::new(key.clone(), cfg).unwrap();
     tokio::spawn(event_loop.run());
     let c2 = client.clone();
     tokio::spawn(async move {

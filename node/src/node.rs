@@ -195,7 +195,9 @@ async fn serve(
         mdns: config.mdns,
         election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
     };
-    let (client, events, event_loop) = overlay::new(key.clone(), overlay_cfg)?;
+    // Raft requests are not served until replication is wired in (issue 4): dropping the
+    // receiver makes the event loop ignore them.
+    let (client, events, _raft_requests, event_loop) = overlay::new(key.clone(), overlay_cfg)?;
     let cluster_state = Arc::new(ClusterState::default());
     let driver_cfg = DriverConfig {
         heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(50)),

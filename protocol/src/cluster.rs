@@ -14,6 +14,8 @@ pub const PROTOCOL_VERSION: &str = "/chorus/1.0.0";
 pub const KAD_PROTOCOL: &str = "/chorus/kad/1.0.0";
 /// Request-response protocol for Election/Elected messages.
 pub const ELECTION_PROTOCOL: &str = "/chorus/election/1";
+/// Request-response protocol for Raft RPCs among storage peers (CBOR frames).
+pub const RAFT_PROTOCOL: &str = "/chorus/raft/1";
 
 /// What a node does for the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

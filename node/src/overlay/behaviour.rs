@@ -2,12 +2,19 @@
 
 use super::{OverlayConfig, OverlayError};
 use crate::election::Msg;
-use chorus_protocol::cluster::{ELECTION_PROTOCOL, KAD_PROTOCOL, PROTOCOL_VERSION};
+use chorus_protocol::cluster::{ELECTION_PROTOCOL, KAD_PROTOCOL, PROTOCOL_VERSION, RAFT_PROTOCOL};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, kad, mdns, ping, relay, request_response, PeerId, StreamProtocol};
 use std::time::Duration;
+
+/// Largest Raft request or response (an append of several batches, a snapshot chunk).
+pub(crate) const RAFT_FRAME_MAX: u64 = 64 * 1024 * 1024;
+
+/// An opaque frame: the replication layer encodes Raft messages, the overlay only carries them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Frame(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// Everything a Chorus peer speaks.
 #[derive(NetworkBehaviour)]
@@ -18,6 +25,7 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) election: request_response::cbor::Behaviour<Msg<PeerId>, bool>,
+    pub(crate) raft: request_response::cbor::Behaviour<Frame, Frame>,
     pub(crate) relay: relay::Behaviour,
 }
 
@@ -70,7 +78,17 @@ impl Behaviour {
             [(StreamProtocol::new(ELECTION_PROTOCOL), request_response::ProtocolSupport::Full)],
             rr_cfg,
         );
+        // Raft batches and snapshot chunks are far larger than the codec's defaults.
+        let raft_codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(RAFT_FRAME_MAX)
+            .set_response_size_maximum(RAFT_FRAME_MAX);
+        let raft_cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(10));
+        let raft = request_response::Behaviour::with_codec(
+            raft_codec,
+            [(StreamProtocol::new(RAFT_PROTOCOL), request_response::ProtocolSupport::Full)],
+            raft_cfg,
+        );
         let relay = relay::Behaviour::new(me, relay::Config::default());
-        Ok(Behaviour { identify, ping, kad, gossipsub, mdns: mdns.into(), election, relay })
+        Ok(Behaviour { identify, ping, kad, gossipsub, mdns: mdns.into(), election, raft, relay })
     }
 }

@@ -1,7 +1,7 @@
 //! The task that owns the Swarm.
 
-use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{Command, Event, OverlayConfig, OverlayError};
+use super::behaviour::{Behaviour, BehaviourEvent, Frame};
+use super::{Command, Event, OverlayConfig, OverlayError, RaftInbound};
 use chorus_protocol::cluster::{CONTROL_TOPIC, EVENTS_TOPIC, PROTOCOL_VERSION};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -21,6 +21,10 @@ pub struct EventLoop {
     /// Peers that identified as Chorus nodes (PeerUp sent, PeerDown pending).
     chorus: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<(), OverlayError>>>,
+    raft_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, OverlayError>>>,
+    raft_in: HashMap<u64, request_response::ResponseChannel<Frame>>,
+    raft_tx: mpsc::Sender<RaftInbound>,
+    next_raft_id: u64,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -35,6 +39,7 @@ impl EventLoop {
         config: OverlayConfig,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        raft_tx: mpsc::Sender<RaftInbound>,
     ) -> Result<Self, OverlayError> {
         let build = |e: String| OverlayError::Build(e);
         let behaviour = Behaviour::new(&key, &config)?;
@@ -66,6 +71,10 @@ impl EventLoop {
             bootstrap: config.bootstrap,
             chorus: HashSet::new(),
             pending: HashMap::new(),
+            raft_out: HashMap::new(),
+            raft_in: HashMap::new(),
+            raft_tx,
+            next_raft_id: 0,
         })
     }
 
@@ -136,6 +145,15 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().election.send_request(&to, msg);
                 self.pending.insert(id, reply);
             }
+            Command::SendRaft { to, data, reply } => {
+                let id = self.swarm.behaviour_mut().raft.send_request(&to, Frame(data));
+                self.raft_out.insert(id, reply);
+            }
+            Command::RaftReply { id, data } => {
+                if let Some(channel) = self.raft_in.remove(&id) {
+                    let _ = self.swarm.behaviour_mut().raft.send_response(channel, Frame(data));
+                }
+            }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
@@ -204,7 +222,35 @@ impl EventLoop {
                 let _ = self.events.send(event).await;
             }
             BehaviourEvent::Election(event) => self.on_election(event).await,
+            BehaviourEvent::Raft(event) => self.on_raft(event).await,
             _ => {}
+        }
+    }
+
+    async fn on_raft(&mut self, event: request_response::Event<Frame, Frame>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let id = self.next_raft_id;
+                    self.next_raft_id += 1;
+                    self.raft_in.insert(id, channel);
+                    let _ = self.raft_tx.send(RaftInbound { from: peer, id, data: request.0 }).await;
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.raft_out.remove(&request_id) {
+                        let _ = reply.send(Ok(response.0));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(reply) = self.raft_out.remove(&request_id) {
+                    let _ = reply.send(Err(OverlayError::Unreachable(format!("{peer}: {error}"))));
+                }
+            }
+            request_response::Event::InboundFailure { .. } | request_response::Event::ResponseSent { .. } => {
+                // A reply that can no longer be sent: forget channels whose stream is gone.
+                self.raft_in.retain(|_, c| c.is_open());
+            }
         }
     }
 

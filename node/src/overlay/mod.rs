@@ -15,6 +15,7 @@ mod behaviour;
 mod event_loop;
 pub mod identity;
 
+pub use behaviour::Frame;
 pub use event_loop::EventLoop;
 
 use crate::election::Msg;
@@ -93,7 +94,20 @@ pub enum Event {
     Listening(Multiaddr),
 }
 
+/// A Raft RPC from a peer, to be answered with [`Client::raft_reply`].
+#[derive(Debug)]
+pub struct RaftInbound {
+    /// Sender.
+    pub from: PeerId,
+    /// Correlates the reply.
+    pub id: u64,
+    /// Encoded request.
+    pub data: Vec<u8>,
+}
+
 pub(crate) enum Command {
+    SendRaft { to: PeerId, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, OverlayError>> },
+    RaftReply { id: u64, data: Vec<u8> },
     Publish { topic: &'static str, data: Vec<u8>, reply: oneshot::Sender<Result<(), OverlayError>> },
     Validate { id: MessageId, propagation: PeerId, acceptance: MessageAcceptance },
     SendElection { to: PeerId, msg: Msg<PeerId>, reply: oneshot::Sender<Result<(), OverlayError>> },
@@ -134,16 +148,30 @@ impl Client {
         self.ask(|reply| Command::SendElection { to, msg, reply }).await?
     }
 
+    /// Sends an encoded Raft request and waits for the encoded response.
+    pub async fn raft_request(&self, to: PeerId, data: Vec<u8>) -> Result<Vec<u8>, OverlayError> {
+        self.ask(|reply| Command::SendRaft { to, data, reply }).await?
+    }
+
+    /// Answers the inbound Raft request `id`.
+    pub async fn raft_reply(&self, id: u64, data: Vec<u8>) {
+        let _ = self.tx.send(Command::RaftReply { id, data }).await;
+    }
+
     /// Current listen addresses.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(|reply| Command::ListenAddrs { reply }).await.unwrap_or_default()
     }
 }
 
-/// Builds the swarm and returns the client, the event stream and the loop to spawn.
-pub fn new(key: Keypair, config: OverlayConfig) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), OverlayError> {
+/// What [`new`] returns: the client, the event stream, the Raft request stream, the loop.
+pub type Parts = (Client, mpsc::Receiver<Event>, mpsc::Receiver<RaftInbound>, EventLoop);
+
+/// Builds the swarm and returns the client, the event streams and the loop to spawn.
+pub fn new(key: Keypair, config: OverlayConfig) -> Result<Parts, OverlayError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
-    let event_loop = EventLoop::new(key, config, cmd_rx, ev_tx)?;
-    Ok((Client { tx: cmd_tx }, ev_rx, event_loop))
+    let (raft_tx, raft_rx) = mpsc::channel(256);
+    let event_loop = EventLoop::new(key, config, cmd_rx, ev_tx, raft_tx)?;
+    Ok((Client { tx: cmd_tx }, ev_rx, raft_rx, event_loop))
 }

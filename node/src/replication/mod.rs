@@ -13,6 +13,8 @@
 //!     +---------- oneshot reply <------------------+--> on_commit(notices) -> event hub
 //! ```
 
+pub mod raft_net;
+
 use crate::storage::{applied_index_row, Notice, StateMachine, StorageError, Store};
 use chorus_protocol::{Applied, Command, CommandError};
 use std::sync::Arc;

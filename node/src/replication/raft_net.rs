@@ -1,0 +1,157 @@
+//! Raft RPCs over the libp2p overlay (`/chorus/raft/1`): openraft's network traits on top of
+//! the overlay [`Client`], and the server loop that answers peers' requests. No second
+//! transport. Frames are CBOR; an unanswered request (timeout, closed connection) is
+//! `Unreachable`, so openraft backs off and retries.
+
+// The error types are openraft's (its network traits return them by value).
+#![allow(clippy::result_large_err)]
+
+use crate::overlay::{Client, RaftInbound};
+use crate::storage::raft::{RaftNode, TypeConfig};
+use libp2p::PeerId;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Raft node id of a peer: the first 8 bytes of SHA-256 of its PeerId (stable, since the
+/// PeerId comes from the persistent node key; a wiped node gets a new key, so a new id).
+pub fn node_id(peer: &PeerId) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(peer.to_bytes());
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetworkError> {
+    cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| NetworkError::new(&e))
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, NetworkError> {
+    cbor4ii::serde::from_slice(b).map_err(|e| NetworkError::new(&e))
+}
+
+/// Creates connections to peers for openraft.
+#[derive(Debug, Clone)]
+pub struct Network {
+    client: Client,
+}
+
+impl Network {
+    /// A factory sending through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// One peer, as openraft sees it.
+#[derive(Debug)]
+pub struct Conn {
+    client: Client,
+    target: u64,
+    peer: Option<PeerId>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, node: &RaftNode) -> Conn {
+        Conn { client: self.client.clone(), target, peer: node.peer_id.parse().ok() }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
+
+impl Conn {
+    async fn call<E: std::error::Error>(&self, req: &Request) -> Result<Response, RpcErr<E>> {
+        let peer = self
+            .peer
+            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&std::io::Error::other("node has no PeerId"))))?;
+        let data = encode(req).map_err(RPCError::Network)?;
+        let reply =
+            self.client.raft_request(peer, data).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        decode(&reply).map_err(RPCError::Network)
+    }
+
+    fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<u64, E>>) -> Result<T, RpcErr<E>> {
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other("mismatched raft response")))
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        match self.call(&Request::Append(rpc)).await? {
+            Response::Append(r) => self.remote(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        match self.call(&Request::Snapshot(rpc)).await? {
+            Response::Snapshot(r) => self.remote(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, _option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.call(&Request::Vote(rpc)).await? {
+            Response::Vote(r) => self.remote(r),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// Answers peers' Raft requests until the overlay's request stream ends.
+pub async fn serve(raft: Raft<TypeConfig>, client: Client, mut inbound: mpsc::Receiver<RaftInbound>) {
+    while let Some(req) = inbound.recv().await {
+        let (raft, client) = (raft.clone(), client.clone());
+        // Each request on its own task: a slow snapshot install must not hold up heartbeats.
+        tokio::spawn(async move {
+            let Ok(request) = decode::<Request>(&req.data) else {
+                tracing::warn!(from = %req.from, "undecodable raft request");
+                return;
+            };
+            let response = match request {
+                Request::Append(r) => Response::Append(raft.append_entries(r).await),
+                Request::Vote(r) => Response::Vote(raft.vote(r).await),
+                Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+            };
+            if let Ok(data) = encode(&response) {
+                client.raft_reply(req.id, data).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
