@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(pages::healthz))
         .route("/readyz", get(pages::readyz))
         .route("/metrics", get(pages::metrics))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .route("/{username}", get(pages::profile_page))
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

@@ -316,8 +316,10 @@ impl Service {
         if let Some(c) = &req.client_msg_id {
             ids::validate_client_msg_id(c)?;
         }
+        // Attach each file once, in the order given.
+        let mut seen = std::collections::HashSet::new();
         let mut files = req.files;
-        files.dedup();
+        files.retain(|f| seen.insert(f.clone()));
         if !files.is_empty() {
             let me = caller.username.clone();
             let wanted = files.clone();
