@@ -53,23 +53,10 @@ pub enum Cf {
 }
 
 impl Cf {
-    /// All of them.
-    pub const ALL: [Cf; 14] = [
-        Cf::Users,
-        Cf::Sessions,
-        Cf::Friends,
-        Cf::FriendRequests,
-        Cf::Groups,
-        Cf::Members,
-        Cf::Chats,
-        Cf::Messages,
-        Cf::Files,
-        Cf::Idempotency,
-        Cf::Events,
-        Cf::Meta,
-        Cf::RaftLog,
-        Cf::RaftMeta,
-    ];
+    /// Every column family: the replicated state, then the log's own.
+    pub fn all() -> impl Iterator<Item = Cf> {
+        Self::STATE.into_iter().chain([Cf::RaftLog, Cf::RaftMeta])
+    }
 
     /// The CFs that hold replicated user state (what a snapshot carries).
     pub const STATE: [Cf; 12] = [
@@ -159,7 +146,7 @@ impl Store {
         opts.set_db_write_buffer_size(64 * 1024 * 1024);
         // One block cache for all CFs (the default is a cache per CF).
         let cache = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024);
-        let cfs = Cf::ALL.iter().map(|cf| {
+        let cfs = Cf::all().map(|cf| {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
@@ -213,7 +200,7 @@ impl Store {
     /// Flushes memtables and the WAL (clean shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
-        for cf in Cf::ALL {
+        for cf in Cf::all() {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
