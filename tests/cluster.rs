@@ -156,3 +156,43 @@ fn forged_replayed_and_self_appointed_assignments_are_refused() {
         sign::verify(&a).unwrap();
     }
 }
+
+#[test]
+fn no_storage_nodes_never_store_and_a_frozen_coordinator_is_replaced() {
+    // Two of four nodes refuse storage: the two others are the only storage peers possible.
+    let mut c = LocalCluster::start(2, &[]);
+    for _ in 0..2 {
+        let d = tempfile::tempdir().unwrap();
+        c.nodes.push(Some(chorus_node::testkit::NodeProc::start(d.path(), &["--bootstrap", &c.seed, "--no-storage"])));
+        c.dirs.push(d);
+    }
+    let (coordinator, epoch) = c.wait_settled(Duration::from_secs(30));
+    let no_storage: Vec<String> = c.views().into_iter().filter(|(i, _)| *i >= 2).map(|(_, v)| v.this.peer_id).collect();
+    let a = c.views()[0].1.assignment.clone().unwrap().assignment;
+    for m in &a.members {
+        let is_storage = m.roles.contains(&Role::Storage);
+        assert_eq!(is_storage, !no_storage.contains(&m.peer_id), "{m:?}");
+    }
+
+    // SIGSTOP the coordinator: its sockets stay open, so only the missing heartbeats (2 s)
+    // reveal it. The others elect a new coordinator; after SIGCONT the old one yields.
+    let victim = c.index_of(&coordinator).unwrap();
+    let pid = c.nodes[victim].as_ref().unwrap().pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let others: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    wait_until("a new coordinator while the old one is frozen", || {
+        let views = c.views();
+        let outs: Vec<_> = views.iter().filter(|(i, _)| others.contains(i)).collect();
+        outs.len() == 3
+            && outs.iter().all(|(_, v)| {
+                v.coordinator.as_deref().is_some_and(|x| x != coordinator)
+                    && v.coordinator == outs[0].1.coordinator
+                    && v.epoch > epoch
+            })
+    });
+    let new_coordinator = c.views().iter().find(|(i, _)| *i != victim).unwrap().1.coordinator.clone().unwrap();
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Everyone, the thawed node included, ends up following one coordinator at one epoch.
+    let (after, _) = c.wait_settled(Duration::from_secs(30));
+    assert_eq!(after, new_coordinator, "the thawed coordinator steps down");
+}

@@ -109,6 +109,9 @@ pub enum ControlMsg {
         http: Option<String>,
         /// It must never be a storage peer.
         no_storage: bool,
+        /// Epoch of the assignment it holds (a new coordinator issues above it).
+        #[serde(default)]
+        epoch: u64,
     },
     /// A signed role assignment.
     Assignment(SignedAssignment),

@@ -96,6 +96,8 @@ struct Driver {
     machine: Election<PeerId>,
     /// Connected Chorus peers (not us).
     connected: BTreeMap<PeerId, ()>,
+    /// Peers presumed dead (a coordinator that stopped heartbeating) until they speak again.
+    suspects: std::collections::BTreeSet<PeerId>,
     /// What peers announced about themselves.
     info: BTreeMap<PeerId, Info>,
     coordinator: Option<PeerId>,
@@ -132,6 +134,7 @@ pub async fn run(
         client,
         state,
         connected: BTreeMap::new(),
+        suspects: Default::default(),
         info: BTreeMap::new(),
         coordinator: None,
         coordinator_round: 0,
@@ -170,8 +173,10 @@ impl Driver {
         self.coordinator == Some(self.me)
     }
 
+    /// Live members (connected, not suspected) and this node, by PeerId bytes.
     fn ring(&self) -> Vec<PeerId> {
-        let mut ring: Vec<PeerId> = self.connected.keys().copied().chain([self.me]).collect();
+        let mut ring: Vec<PeerId> =
+            self.connected.keys().filter(|p| !self.suspects.contains(p)).copied().chain([self.me]).collect();
         ring.sort_by_key(|p| p.to_bytes());
         ring
     }
@@ -216,6 +221,10 @@ impl Driver {
 
     async fn on_control(&mut self, source: PeerId, data: &[u8]) -> MessageAcceptance {
         let Ok(msg) = serde_json::from_slice::<ControlMsg>(data) else { return MessageAcceptance::Reject };
+        // Whoever speaks is alive: no longer suspected.
+        if self.suspects.remove(&source) {
+            self.machine.handle(Input::Membership(self.ring()));
+        }
         match msg {
             ControlMsg::Heartbeat { coordinator, epoch, round } => {
                 if coordinator != source.to_base58() {
@@ -226,11 +235,19 @@ impl Driver {
                 self.on_heartbeat(source, round);
                 MessageAcceptance::Accept
             }
-            ControlMsg::Presence { peer_id, http, no_storage } => {
+            ControlMsg::Presence { peer_id, http, no_storage, epoch } => {
                 if peer_id != source.to_base58() {
                     return MessageAcceptance::Reject;
                 }
                 self.info.insert(source, Info { http, no_storage });
+                if epoch > self.max_epoch {
+                    // A member holds a newer epoch (from a coordinator it followed before, e.g.
+                    // across a healed partition): reissue above it or it would ignore ours.
+                    self.max_epoch = epoch;
+                    if self.is_coordinator() {
+                        self.assigned_from = None;
+                    }
+                }
                 MessageAcceptance::Accept
             }
             ControlMsg::Assignment(signed) => self.on_assignment(signed),
@@ -287,9 +304,14 @@ impl Driver {
         }
         self.max_epoch = self.max_epoch.max(signed.assignment.epoch);
         let current = self.assignment.as_ref().map(|a| (a.assignment.epoch, a.assignment.coordinator.clone()));
+        // Newer: a higher epoch, or the same epoch from the coordinator we follow replacing one
+        // signed by another (two coordinators issued the same number across a partition).
         let newer = match &current {
             None => true,
-            Some((epoch, coord)) => (signed.assignment.epoch, &signed.assignment.coordinator) > (*epoch, coord),
+            Some((epoch, coord)) => {
+                signed.assignment.epoch > *epoch
+                    || (signed.assignment.epoch == *epoch && *coord != signed.assignment.coordinator)
+            }
         };
         if !newer {
             if current.as_ref().is_some_and(|(e, _)| *e > signed.assignment.epoch) {
@@ -336,6 +358,9 @@ impl Driver {
             }
             (Some(c), None) if silent => {
                 tracing::info!(coordinator = %c, "coordinator heartbeat missing; starting an election");
+                // Its connection may stay open (frozen, partitioned): leave it out of the ring
+                // until it speaks again, or every Election sent to it waits for a timeout.
+                self.suspects.insert(c);
                 self.coordinator = None;
                 self.start_election(false).await;
             }
@@ -467,10 +492,12 @@ impl Driver {
 
     async fn publish_presence(&mut self) {
         self.last_presence = Instant::now();
+        let epoch = self.assignment.as_ref().map_or(0, |a| a.assignment.epoch);
         let msg = ControlMsg::Presence {
             peer_id: self.me.to_base58(),
             http: Some(self.cfg.http.clone()),
             no_storage: self.cfg.no_storage,
+            epoch,
         };
         self.publish(msg).await;
     }

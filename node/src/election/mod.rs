@@ -155,11 +155,16 @@ impl<Id: Ord + Clone> Election<Id> {
                 vec![]
             }
             Input::SendFailed { to, msg } => {
-                if to == self.me || msg.round() < self.round {
+                if to == self.me {
                     return vec![];
                 }
+                // The peer is dead to this node whatever the message's round; only a message of
+                // the current round is worth re-sending.
                 self.ring.retain(|p| *p != to);
                 self.dead.insert(to);
+                if msg.round() < self.round {
+                    return vec![];
+                }
                 vec![self.send(msg)]
             }
             Input::Receive(msg) => self.receive(msg),
