@@ -340,3 +340,95 @@ impl LocalCluster {
         self.nodes[i] = Some(NodeProc::start(self.dirs[i].path(), &["--bootstrap", &via]));
     }
 }
+
+mod raft_peer {
+    use crate::overlay::{self, OverlayConfig};
+    use crate::replication::raft_net::{node_id, serve, Network};
+    use crate::storage::raft::{LogStore, RaftNode, StateStore};
+    use crate::storage::Store;
+    use libp2p::identity::Keypair;
+    use openraft::{Config, Raft};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A Raft storage peer in this process: RocksDB in a temp dir, a real libp2p overlay on
+    /// 127.0.0.1, `Raft` serving `/chorus/raft/1`. For replication tests and benches.
+    pub struct RaftPeer {
+        /// The Raft handle.
+        pub raft: openraft::Raft<crate::storage::raft::TypeConfig>,
+        /// Its store.
+        pub store: std::sync::Arc<crate::storage::Store>,
+        /// Raft node id.
+        pub id: u64,
+        /// Raft node record.
+        pub node: crate::storage::raft::RaftNode,
+        /// Overlay listen address.
+        pub addr: libp2p::Multiaddr,
+        _dir: tempfile::TempDir,
+    }
+
+    impl RaftPeer {
+        /// Starts one, joining the overlay through `bootstrap`.
+        pub async fn start(bootstrap: Vec<libp2p::Multiaddr>) -> RaftPeer {
+            let key = Keypair::generate_ed25519();
+            let me = key.public().to_peer_id();
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let cfg = OverlayConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap,
+                mdns: false,
+                election_timeout: Duration::from_secs(2),
+            };
+            let (client, mut events, raft_rx, event_loop) = overlay::new(key, cfg).unwrap();
+            tokio::spawn(event_loop.run());
+            let c2 = client.clone();
+            let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut addr_tx = Some(addr_tx);
+                while let Some(ev) = events.recv().await {
+                    match ev {
+                        overlay::Event::Listening(a) => {
+                            if let Some(tx) = addr_tx.take() {
+                                let _ = tx.send(a);
+                            }
+                        }
+                        overlay::Event::Gossip { id, propagation, .. } => {
+                            c2.validate(id, propagation, libp2p::gossipsub::MessageAcceptance::Accept).await
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            let config = Config {
+                heartbeat_interval: 100,
+                election_timeout_min: 400,
+                election_timeout_max: 800,
+                install_snapshot_timeout: 5000,
+                max_in_snapshot_log_to_keep: 0,
+                ..Default::default()
+            };
+            let id = node_id(&me);
+            let raft = Raft::new(
+                id,
+                Arc::new(config.validate().unwrap()),
+                Network::new(client.clone()),
+                LogStore::new(store.clone()),
+                StateStore::new(store.clone(), None),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(serve(raft.clone(), client, raft_rx));
+            let addr = addr_rx.await.unwrap();
+            RaftPeer {
+                raft,
+                store,
+                id,
+                node: RaftNode { peer_id: me.to_base58(), addrs: vec![addr.to_string()] },
+                addr,
+                _dir: dir,
+            }
+        }
+    }
+}
+pub use raft_peer::RaftPeer;

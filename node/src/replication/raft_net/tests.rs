@@ -2,78 +2,15 @@
 //! overlays on 127.0.0.1: replication, a snapshot catch-up of a new member, leader loss.
 
 use super::*;
-use crate::overlay::{self, OverlayConfig};
-use crate::storage::raft::{Batch, LogStore, StateStore};
-use crate::storage::Store;
+use crate::storage::raft::Batch;
+use crate::testkit::RaftPeer as Peer;
 use chorus_protocol::{ChatId, Command};
-use libp2p::identity::Keypair;
-use libp2p::Multiaddr;
-use openraft::{Config, ServerState};
+use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-struct Peer {
-    raft: Raft<TypeConfig>,
-    store: Arc<Store>,
-    id: u64,
-    node: RaftNode,
-    addr: Multiaddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn peer(bootstrap: Vec<Multiaddr>) -> Peer {
-    let key = Keypair::generate_ed25519();
-    let me = key.public().to_peer_id();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let cfg = OverlayConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        mdns: false,
-        election_timeout: Duration::from_secs(2),
-    };
-    let (client, mut events, raft_rx, event_loop) = overlay::new(key, cfg).unwrap();
-    tokio::spawn(event_loop.run());
-    let c2 = client.clone();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut addr_tx = Some(addr_tx);
-        while let Some(ev) = events.recv().await {
-            match ev {
-                overlay::Event::Listening(a) => {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(a);
-                    }
-                }
-                overlay::Event::Gossip { id, propagation, .. } => {
-                    c2.validate(id, propagation, libp2p::gossipsub::MessageAcceptance::Accept).await
-                }
-                _ => {}
-            }
-        }
-    });
-    let config = Config {
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
-        install_snapshot_timeout: 5000,
-        max_in_snapshot_log_to_keep: 0,
-        ..Default::default()
-    };
-    let id = node_id(&me);
-    let raft = Raft::new(
-        id,
-        Arc::new(config.validate().unwrap()),
-        Network::new(client.clone()),
-        LogStore::new(store.clone()),
-        StateStore::new(store.clone(), None),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(serve(raft.clone(), client, raft_rx));
-    let addr = addr_rx.await.unwrap();
-    Peer { raft, store, id, node: RaftNode { peer_id: me.to_base58(), addrs: vec![addr.to_string()] }, addr, _dir: dir }
+async fn peer(bootstrap: Vec<libp2p::Multiaddr>) -> Peer {
+    Peer::start(bootstrap).await
 }
 
 fn msg(n: u64) -> Command {
