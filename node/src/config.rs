@@ -100,15 +100,6 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Defaults with `data_dir` and `http` set (tests and benches).
-    pub fn new(data_dir: PathBuf, http: SocketAddr) -> Self {
-        let mut c = Cli::parse_from(["chorus-node", "run"]);
-        let CliCommand::Run(ref mut run) = c.command else { unreachable!("parsed `run`") };
-        run.data_dir = data_dir;
-        run.http = http;
-        run.clone()
-    }
-
     /// The service part.
     pub fn service(&self) -> ServiceConfig {
         ServiceConfig {

@@ -28,4 +28,4 @@ pub mod service;
 pub mod storage;
 pub mod testkit;
 
-pub use node::{run, start, NodeError, RunningNode};
+pub use node::{run, NodeError};

@@ -56,12 +56,13 @@ struct Cluster {
     state: Arc<ClusterState>,
 }
 
+fn role_names(roles: &[chorus_protocol::cluster::Role]) -> Vec<String> {
+    roles.iter().map(|r| r.as_str().to_owned()).collect()
+}
+
 impl ClusterInfo for Cluster {
     fn view(&self) -> ClusterView {
         let v = self.state.view();
-        let roles_of = |a: &chorus_protocol::cluster::SignedAssignment, p: &str| -> Vec<String> {
-            a.assignment.roles_of(p).iter().map(|r| r.as_str().to_owned()).collect()
-        };
         let members = v
             .assignment
             .as_ref()
@@ -71,7 +72,7 @@ impl ClusterInfo for Cluster {
                     .iter()
                     .map(|m| MemberView {
                         peer_id: m.peer_id.clone(),
-                        roles: roles_of(a, &m.peer_id),
+                        roles: role_names(&m.roles),
                         http: m.http.clone(),
                     })
                     .collect()
@@ -81,7 +82,11 @@ impl ClusterInfo for Cluster {
         ClusterView {
             this: NodeView {
                 peer_id: self.peer_id.clone(),
-                roles: v.assignment.as_ref().map(|a| roles_of(a, &self.peer_id)).unwrap_or_default(),
+                roles: v
+                    .assignment
+                    .as_ref()
+                    .map(|a| role_names(&a.assignment.roles_of(&self.peer_id)))
+                    .unwrap_or_default(),
                 http: Some(self.http.clone()),
                 addrs: v.addrs.iter().map(|a| a.to_string()).collect(),
             },
@@ -106,63 +111,12 @@ impl ClusterInfo for Cluster {
     }
 }
 
-/// A started node (see [`start`]).
-pub struct RunningNode {
-    /// Bound HTTP address.
-    pub http: SocketAddr,
-    /// The node's PeerId.
-    pub peer_id: String,
-    /// The service (for in-process tests and benches).
-    pub service: Service,
-    task: tokio::task::JoinHandle<Result<(), NodeError>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl RunningNode {
-    /// Shuts down in order and waits for it.
-    pub async fn shutdown(self) -> Result<(), NodeError> {
-        let _ = self.stop.send(());
-        drop(self.service);
-        self.task.await.map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?
-    }
-}
-
-/// Starts a node in the background and returns once it serves HTTP.
-pub async fn start(config: RunConfig) -> Result<RunningNode, NodeError> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve(
-        config,
-        async {
-            let _ = stopped.await;
-        },
-        Some(ready_tx),
-    ));
-    match ready_rx.await {
-        Ok((http, peer_id, service)) => Ok(RunningNode { http, peer_id, service, task, stop }),
-        Err(_) => Err(task
-            .await
-            .map_err(|e| NodeError::Io { context: "node task".into(), source: std::io::Error::other(e) })?
-            .err()
-            .unwrap_or_else(|| NodeError::Io {
-                context: "start".into(),
-                source: std::io::Error::other("node stopped during start"),
-            })),
-    }
-}
-
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
-    serve(config, shutdown, None).await
+    serve(config, shutdown).await
 }
 
-type Ready = tokio::sync::oneshot::Sender<(SocketAddr, String, Service)>;
-
-async fn serve(
-    config: RunConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: Option<Ready>,
-) -> Result<(), NodeError> {
+async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     let key = identity::load_or_create(&config.data_dir)?;
     let peer_id = key.public().to_peer_id().to_string();
     let db_dir = config.data_dir.join("db");
@@ -209,7 +163,7 @@ async fn serve(
     let overlay_task = tokio::spawn(event_loop.run());
     let driver_task = tokio::spawn(driver::run(key, driver_cfg, client, events, cluster_state.clone()));
     let cluster = Arc::new(Cluster { peer_id: peer_id.clone(), http: http.to_string(), state: cluster_state });
-    let state = AppState { service: service.clone(), limits: limits.clone(), metrics, cluster };
+    let state = AppState { service, limits: limits.clone(), metrics, cluster };
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%peer_id, %http, data_dir = %config.data_dir.display(), "chorus-node serving");
 
@@ -220,10 +174,6 @@ async fn serve(
             limits.prune();
         }
     });
-    if let Some(ready) = ready {
-        let _ = ready.send((http, peer_id, service.clone()));
-    }
-    drop(service);
     let closing_hub = hub.clone();
     // Without TCP_NODELAY a response split over two segments waits for the client's delayed
     // ACK (up to 40 ms): a latency cliff at low load.

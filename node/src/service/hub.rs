@@ -43,13 +43,6 @@ impl Hub {
         }
     }
 
-    /// Users with an open stream on this node.
-    pub fn watched_users(&self) -> usize {
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
-
-impl Hub {
     /// Ends every stream (shutdown): their wake-up channels close.
     pub fn close(&self) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
