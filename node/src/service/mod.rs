@@ -4,32 +4,30 @@
 //! Rules that depend on state (friendship, membership, admin rights) are decided by the
 //! state machine when the command applies, so concurrent requests cannot race past them; the
 //! service adds what needs a clock, randomness or hashing, and the read-side checks.
+//!
+//! `files` holds uploads and downloads, `events` the event log streams, `auth` passwords and
+//! tokens, `hub` the per-user stream wake-ups.
 
 mod auth;
+mod events;
+mod files;
 mod hub;
 
+pub use events::EVENTS_LIMIT_MAX;
+pub use files::CHUNK_SIZE;
 pub use hub::Hub;
 
 use crate::replication::{Log, SubmitError};
-use crate::storage::records::FileRec;
 use crate::storage::{StorageError, Store};
-use bytes::Bytes;
 use chorus_protocol::api::*;
 use chorus_protocol::command::Millis;
 use chorus_protocol::ids::{self, ValidationError};
-use chorus_protocol::{Applied, ChatId, Command, CommandError, Event};
-use futures::{Stream, StreamExt};
+use chorus_protocol::{Applied, ChatId, Command, CommandError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes per stored file chunk.
-pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// Most messages one history page returns.
 pub const HISTORY_LIMIT_MAX: usize = 500;
-/// Most events one catch-up read returns.
-pub const EVENTS_LIMIT_MAX: usize = 1000;
-/// Uploads buffered at once (each up to the file size limit).
-const CONCURRENT_UPLOADS: usize = 8;
 
 /// Service settings.
 #[derive(Debug, Clone)]
@@ -119,7 +117,7 @@ fn fresh_id() -> String {
 impl Service {
     /// A service over `store`, writing through `log`, waking streams through `hub`.
     pub fn new(store: Arc<Store>, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
-        let uploads = tokio::sync::Semaphore::new(CONCURRENT_UPLOADS);
+        let uploads = tokio::sync::Semaphore::new(files::CONCURRENT_UPLOADS);
         let argon2 = tokio::sync::Semaphore::new(2);
         Self { inner: Arc::new(Inner { store, log, hub, config, uploads, argon2 }) }
     }
@@ -442,199 +440,8 @@ impl Service {
         Ok(())
     }
 
-    // ---- files ----
-
-    /// Stores an upload. The whole body is received (up to the limit) before anything is
-    /// written, so an oversized or broken upload changes nothing.
-    pub async fn upload<S, E>(
-        &self,
-        caller: &Caller,
-        name: Option<String>,
-        content_type: Option<String>,
-        mut body: S,
-    ) -> Result<FileInfo>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        use sha2::{Digest, Sha256};
-        let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).unwrap_or_else(|| "file".into());
-        if name.len() > ids::FILE_NAME_MAX || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
-            return Err(ValidationError::new(
-                "name",
-                "file name must be 1-255 bytes without control characters or slashes",
-            )
-            .into());
-        }
-        let content_type = content_type
-            .filter(|c| c.len() <= 255 && !c.is_empty())
-            .unwrap_or_else(|| "application/octet-stream".into());
-        let _permit =
-            self.inner.uploads.acquire().await.map_err(|_| ServiceError::Internal("upload gate closed".into()))?;
-        let limit = self.inner.config.max_file_size;
-        let mut whole = Sha256::new();
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut current = Vec::with_capacity(CHUNK_SIZE);
-        let mut size: u64 = 0;
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| {
-                if e.to_string().contains("length limit") {
-                    ServiceError::TooLarge(format!("file exceeds the {limit} byte limit"))
-                } else {
-                    ValidationError::new("body", format!("upload interrupted: {e}")).into()
-                }
-            })?;
-            size += piece.len() as u64;
-            if size > limit {
-                return Err(ServiceError::TooLarge(format!("file exceeds the {limit} byte limit")));
-            }
-            whole.update(&piece);
-            let mut rest = &piece[..];
-            while !rest.is_empty() {
-                let take = rest.len().min(CHUNK_SIZE - current.len());
-                current.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if current.len() == CHUNK_SIZE {
-                    chunks.push(std::mem::replace(&mut current, Vec::with_capacity(CHUNK_SIZE)));
-                }
-            }
-        }
-        if !current.is_empty() {
-            chunks.push(current);
-        }
-        let mut hashes = Vec::with_capacity(chunks.len());
-        for data in chunks {
-            let hash = hex::encode(Sha256::digest(&data));
-            hashes.push(hash.clone());
-            self.submit(Command::PutFileChunk { hash, data }).await?;
-        }
-        let file_id = fresh_id();
-        let sha256 = hex::encode(whole.finalize());
-        let cmd = Command::CreateFile {
-            file_id: file_id.clone(),
-            uploader: caller.username.clone(),
-            name: name.clone(),
-            content_type: content_type.clone(),
-            size,
-            sha256: sha256.clone(),
-            chunks: hashes,
-            at: now_ms(),
-        };
-        self.submit(cmd).await?;
-        Ok(FileInfo { file_id, size, sha256, name, content_type })
-    }
-
-    /// A file the caller may read, and a stream of its bytes (read chunk by chunk).
-    pub async fn download(
-        &self,
-        caller: &Caller,
-        file_id: &str,
-    ) -> Result<(FileRec, impl Stream<Item = std::io::Result<Bytes>> + use<>)> {
-        if !ids::is_file_id(file_id) {
-            return Err(CommandError::FileNotFound(file_id.to_owned()).into());
-        }
-        let (f, me) = (file_id.to_owned(), caller.username.clone());
-        let rec = self
-            .read(move |s| match s.file(&f)? {
-                Some(rec) if s.file_visible_to(&rec, &me)? => Ok(Some(rec)),
-                _ => Ok(None),
-            })
-            .await?
-            .ok_or_else(|| CommandError::FileNotFound(file_id.to_owned()))?;
-        let store = self.inner.store.clone();
-        let chunks = futures::stream::iter(rec.chunks.clone()).then(move |hash| {
-            let store = store.clone();
-            async move {
-                let data = tokio::task::spawn_blocking(move || store.file_chunk(&hash))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
-                data.map(Bytes::from).ok_or_else(|| std::io::Error::other("file chunk missing"))
-            }
-        });
-        Ok((rec, chunks))
-    }
-
-    // ---- events ----
-
-    /// The caller's events with seq > `after`.
-    pub async fn events(&self, username: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
-        let me = username.to_owned();
-        let limit = limit.clamp(1, EVENTS_LIMIT_MAX);
-        self.read(move |s| s.events(&me, after, limit)).await
-    }
-
-    /// Newest event seq of a user.
-    pub async fn last_event_seq(&self, username: &str) -> Result<u64> {
-        let me = username.to_owned();
-        self.read(move |s| s.last_event_seq(&me)).await
-    }
-
-    /// Wakes when `username` has new events.
-    pub fn subscribe(&self, username: &str) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.hub.subscribe(username)
-    }
-
-    /// The whole database's digest (inspection and tests).
-    pub async fn digest(&self) -> Result<String> {
-        self.read(|s| s.digest()).await
-    }
-
     /// Index of the last applied log entry.
     pub async fn applied_index(&self) -> Result<u64> {
         self.read(|s| s.applied_index()).await
-    }
-}
-
-impl Service {
-    /// `username`'s event log from seq `after + 1` on, forever: catches up from storage, then
-    /// waits for wake-ups and reads again. Gapless and in order by construction; ends only on
-    /// a storage error (yielded) or shutdown.
-    pub fn event_stream(
-        &self,
-        username: &str,
-        after: u64,
-    ) -> impl Stream<Item = Result<Event>> + Send + 'static + use<> {
-        struct St {
-            svc: Service,
-            user: String,
-            last: u64,
-            wake: tokio::sync::watch::Receiver<u64>,
-            buf: std::collections::VecDeque<Event>,
-            failed: bool,
-        }
-        // Subscribe before the first read: a commit between the read and the wait still wakes us.
-        let wake = self.subscribe(username);
-        let st = St {
-            svc: self.clone(),
-            user: username.to_owned(),
-            last: after,
-            wake,
-            buf: Default::default(),
-            failed: false,
-        };
-        futures::stream::unfold(st, |mut st| async move {
-            loop {
-                if st.failed {
-                    return None;
-                }
-                if let Some(ev) = st.buf.pop_front() {
-                    st.last = ev.seq;
-                    return Some((Ok(ev), st));
-                }
-                match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
-                    Ok(evs) if !evs.is_empty() => st.buf.extend(evs),
-                    Ok(_) => {
-                        if st.wake.changed().await.is_err() {
-                            return None;
-                        }
-                    }
-                    Err(e) => {
-                        st.failed = true;
-                        return Some((Err(e), st));
-                    }
-                }
-            }
-        })
     }
 }

@@ -1,0 +1,79 @@
+//! Events: a user's gapless event log, read from storage and followed through the hub.
+
+use super::{Result, Service};
+use chorus_protocol::Event;
+use futures::Stream;
+
+/// Most events one catch-up read returns.
+pub const EVENTS_LIMIT_MAX: usize = 1000;
+
+impl Service {
+    /// The caller's events with seq > `after`.
+    pub async fn events(&self, username: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let me = username.to_owned();
+        let limit = limit.clamp(1, EVENTS_LIMIT_MAX);
+        self.read(move |s| s.events(&me, after, limit)).await
+    }
+
+    /// Newest event seq of a user.
+    pub async fn last_event_seq(&self, username: &str) -> Result<u64> {
+        let me = username.to_owned();
+        self.read(move |s| s.last_event_seq(&me)).await
+    }
+
+    /// Wakes when `username` has new events.
+    pub fn subscribe(&self, username: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.hub.subscribe(username)
+    }
+
+    /// `username`'s event log from seq `after + 1` on, forever: catches up from storage, then
+    /// waits for wake-ups and reads again. Gapless and in order by construction; ends only on
+    /// a storage error (yielded) or shutdown.
+    pub fn event_stream(
+        &self,
+        username: &str,
+        after: u64,
+    ) -> impl Stream<Item = Result<Event>> + Send + 'static + use<> {
+        struct St {
+            svc: Service,
+            user: String,
+            last: u64,
+            wake: tokio::sync::watch::Receiver<u64>,
+            buf: std::collections::VecDeque<Event>,
+            failed: bool,
+        }
+        // Subscribe before the first read: a commit between the read and the wait still wakes us.
+        let wake = self.subscribe(username);
+        let st = St {
+            svc: self.clone(),
+            user: username.to_owned(),
+            last: after,
+            wake,
+            buf: Default::default(),
+            failed: false,
+        };
+        futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if st.failed {
+                    return None;
+                }
+                if let Some(ev) = st.buf.pop_front() {
+                    st.last = ev.seq;
+                    return Some((Ok(ev), st));
+                }
+                match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
+                    Ok(evs) if !evs.is_empty() => st.buf.extend(evs),
+                    Ok(_) => {
+                        if st.wake.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        st.failed = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        })
+    }
+}
