@@ -72,6 +72,11 @@ impl RoleAssignment {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The PeerIds that hold `role`.
+    pub fn holders(&self, role: Role) -> impl Iterator<Item = &str> {
+        self.members.iter().filter(move |m| m.roles.contains(&role)).map(|m| m.peer_id.as_str())
+    }
+
     /// The roles of `peer_id` in this assignment.
     pub fn roles_of(&self, peer_id: &str) -> Vec<Role> {
         self.members.iter().find(|m| m.peer_id == peer_id).map(|m| m.roles.clone()).unwrap_or_default()

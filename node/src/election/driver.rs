@@ -439,14 +439,7 @@ impl Driver {
         let previous_storage: Vec<PeerId> = self
             .assignment
             .as_ref()
-            .map(|a| {
-                a.assignment
-                    .members
-                    .iter()
-                    .filter(|m| m.roles.contains(&Role::Storage))
-                    .filter_map(|m| m.peer_id.parse().ok())
-                    .collect()
-            })
+            .map(|a| a.assignment.holders(Role::Storage).filter_map(|p| p.parse().ok()).collect())
             .unwrap_or_default();
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
         let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
