@@ -43,7 +43,12 @@ fn five_nodes_elect_fail_over_and_rejoin() {
     let candidates: Vec<Candidate> = first
         .members
         .iter()
-        .map(|m| Candidate { peer_id: m.peer_id.parse().unwrap(), http: m.http.clone(), no_storage: false })
+        .map(|m| Candidate {
+            peer_id: m.peer_id.parse().unwrap(),
+            http: m.http.clone(),
+            no_storage: false,
+            raft_member: false,
+        })
         .collect();
     let expected = roles::assign(&candidates, &[], 3);
     let got: Vec<(PeerId, Vec<Role>)> =

@@ -97,6 +97,12 @@ pub struct RunConfig {
     /// Coordinator silence (ms) after which an election starts.
     #[arg(long, env = "CHORUS_ELECTION_TIMEOUT_MS", default_value_t = 2000)]
     pub election_timeout_ms: u64,
+    /// Longest a write or read waits for a storage leader with a quorum before answering 503.
+    #[arg(long, env = "CHORUS_WRITE_TIMEOUT_MS", default_value_t = 3000)]
+    pub write_timeout_ms: u64,
+    /// Snapshot the replicated state (and purge the log before it) every this many entries.
+    #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    pub snapshot_every: u64,
 }
 
 impl RunConfig {
@@ -105,6 +111,14 @@ impl RunConfig {
         ServiceConfig {
             session_ttl: Duration::from_secs(self.session_ttl_hours * 3600),
             max_file_size: self.max_file_size,
+        }
+    }
+
+    /// The replication part.
+    pub fn replication(&self) -> crate::replication::ReplicaConfig {
+        crate::replication::ReplicaConfig {
+            timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
+            snapshot_every: self.snapshot_every.max(1),
         }
     }
 

@@ -1,9 +1,13 @@
-//! Wiring: open storage, start the log writer, build the service and the router, serve HTTP,
-//! and shut down in order (stop accepting, end streams, drain requests, stop the writer,
-//! flush RocksDB).
+//! Wiring: open storage, start the overlay, the election driver and the replica (Raft), build
+//! the service and the router, serve HTTP, and shut down in order (stop accepting, end
+//! streams, drain requests, stop Raft, flush RocksDB).
 //!
 //! ```text
-//! run ─┬─ writer thread (replication::Log)      ends when the last Log handle drops
+//! run ─┬─ overlay event loop                    ends when the last Client drops
+//!      ├─ election driver                       aborted at shutdown
+//!      ├─ replica: Raft + serve + membership    stopped at shutdown
+//!      ├─ batcher (replication::Log)            ends when the last Log handle drops
+//!      ├─ notice listener (events gossip → hub) ends with the driver
 //!      ├─ HTTP server (axum, graceful)          ends on shutdown, after draining
 //!      └─ limiter pruning task                  aborted at shutdown
 //! ```
@@ -13,7 +17,7 @@ use crate::config::RunConfig;
 use crate::election::driver::{self, ClusterState, DriverConfig};
 use crate::overlay::identity;
 use crate::overlay::{self, OverlayConfig, OverlayError};
-use crate::replication::Log;
+use crate::replication::{Log, Replica, StartError};
 use crate::service::{Hub, Service};
 use crate::storage::{StorageError, Store};
 use chorus_protocol::api::{ClusterView, ElectionStats, MemberView, NodeView};
@@ -34,6 +38,9 @@ pub enum NodeError {
     /// The libp2p overlay failed to start.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    /// Raft failed to start.
+    #[error(transparent)]
+    Replication(#[from] StartError),
     /// Binding or serving failed.
     #[error("{context}: {source}")]
     Io {
@@ -54,6 +61,7 @@ struct Cluster {
     peer_id: String,
     http: String,
     state: Arc<ClusterState>,
+    replica: Replica,
 }
 
 fn role_names(roles: &[chorus_protocol::cluster::Role]) -> Vec<String> {
@@ -93,8 +101,7 @@ impl ClusterInfo for Cluster {
             coordinator: v.coordinator.map(|c| c.to_base58()),
             epoch: v.assignment.as_ref().map_or(0, |a| a.assignment.epoch),
             members,
-            // Until replication lands, every node commits to its own local log.
-            storage_leader: Some(self.peer_id.clone()),
+            storage_leader: self.replica.leader().map(|p| p.to_base58()),
             assignment: v.assignment.clone(),
             election: Some(ElectionStats {
                 round: v.round,
@@ -103,11 +110,12 @@ impl ClusterInfo for Cluster {
                 rejected_forged: s.rejected_forged.load(Ordering::Relaxed),
                 ignored_stale: s.ignored_stale.load(Ordering::Relaxed),
             }),
+            raft: Some(self.replica.cluster_status()),
         }
     }
 
     fn ready(&self) -> bool {
-        self.state.view().assignment.is_some()
+        self.state.view().assignment.is_some() && self.replica.leader().is_some()
     }
 }
 
@@ -128,16 +136,14 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let hub = Arc::new(Hub::default());
     let metrics = Arc::new(Metrics::default());
-    let on_commit = {
+    let on_apply: crate::storage::raft::OnApply = {
         let (hub, metrics) = (hub.clone(), metrics.clone());
-        Box::new(move |notices: &[crate::storage::Notice], messages: u64| {
-            hub.notify(notices);
-            metrics.messages.inc_by(messages);
+        Arc::new(move |out: &crate::storage::ApplyOutput| {
+            hub.notify(&out.notices);
+            metrics.messages.inc_by(out.messages);
             metrics.batches.inc();
         })
     };
-    let (log, writer) = Log::start(store.clone(), on_commit).map_err(io("start the writer thread"))?;
-    let service = Service::new(store.clone(), log, hub.clone(), config.service());
     let limits = Arc::new(Limits::new(config.limits()));
 
     let listener =
@@ -149,10 +155,24 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         mdns: config.mdns,
         election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
     };
-    // Raft requests are not served until replication is wired in (issue 4): dropping the
-    // receiver makes the event loop ignore them.
-    let (client, events, _raft_requests, event_loop) = overlay::new(key.clone(), overlay_cfg)?;
+    let (client, events, raft_requests, event_loop) = overlay::new(key.clone(), overlay_cfg)?;
     let cluster_state = Arc::new(ClusterState::default());
+    let overlay_task = tokio::spawn(event_loop.run());
+    let me = key.public().to_peer_id();
+    let replica = Replica::start(
+        me,
+        store.clone(),
+        client.clone(),
+        raft_requests,
+        cluster_state.clone(),
+        on_apply,
+        config.replication(),
+    )
+    .await?;
+    let log = Log::start(replica.clone());
+    let service = Service::new(replica.clone(), log, hub.clone(), config.service());
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(1024);
+    let listener_task = tokio::spawn(wake_streams(hub.clone(), notice_rx));
     let driver_cfg = DriverConfig {
         heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(50)),
         timeout: std::time::Duration::from_millis(config.election_timeout_ms.max(200)),
@@ -160,9 +180,13 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         http: http.to_string(),
         no_storage: config.no_storage,
     };
-    let overlay_task = tokio::spawn(event_loop.run());
-    let driver_task = tokio::spawn(driver::run(key, driver_cfg, client, events, cluster_state.clone()));
-    let cluster = Arc::new(Cluster { peer_id: peer_id.clone(), http: http.to_string(), state: cluster_state });
+    let driver_task = tokio::spawn(driver::run(key, driver_cfg, client, events, cluster_state.clone(), notice_tx));
+    let cluster = Arc::new(Cluster {
+        peer_id: peer_id.clone(),
+        http: http.to_string(),
+        state: cluster_state,
+        replica: replica.clone(),
+    });
     let state = AppState { service, limits: limits.clone(), metrics, cluster };
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%peer_id, %http, data_dir = %config.data_dir.display(), "chorus-node serving");
@@ -191,15 +215,31 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         .await
         .map_err(io("serve HTTP"));
     pruner.abort();
-    // Dropping the driver drops the last overlay client: the swarm closes its connections.
+    // The router (and with it every Log handle) is gone; stop Raft, then the overlay.
+    replica.shutdown().await;
+    drop(replica);
     driver_task.abort();
     let _ = driver_task.await;
-    let _ = overlay_task.await;
-    // The router (and with it every Log handle) is gone: the writer drains and stops.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = listener_task.await;
+    // Shutting Raft down dropped its overlay clients; with the driver's gone the swarm stops.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), overlay_task).await;
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     tracing::info!("stopped");
     result?;
     flushed.map_err(|e| NodeError::Io { context: "flush".into(), source: std::io::Error::other(e) })??;
     Ok(())
+}
+
+/// Wakes local event streams on notices gossiped by the storage leader.
+async fn wake_streams(hub: Arc<Hub>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    while let Some(data) = rx.recv().await {
+        match serde_json::from_slice::<chorus_protocol::cluster::EventNotices>(&data) {
+            Ok(n) => {
+                let notices: Vec<crate::storage::Notice> =
+                    n.users.into_iter().map(|(user, seq)| crate::storage::Notice { user, seq }).collect();
+                hub.notify(&notices);
+            }
+            Err(e) => tracing::debug!(error = %e, "undecodable event notice"),
+        }
+    }
 }

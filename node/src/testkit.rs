@@ -342,12 +342,13 @@ impl LocalCluster {
 }
 
 mod raft_peer {
+    use crate::election::driver::ClusterState;
     use crate::overlay::{self, OverlayConfig};
-    use crate::replication::raft_net::{node_id, serve, Network};
-    use crate::storage::raft::{LogStore, RaftNode, StateStore};
+    use crate::replication::raft_net::node_id;
+    use crate::replication::{Replica, ReplicaConfig};
+    use crate::storage::raft::RaftNode;
     use crate::storage::Store;
     use libp2p::identity::Keypair;
-    use openraft::{Config, Raft};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -356,6 +357,8 @@ mod raft_peer {
     pub struct RaftPeer {
         /// The Raft handle.
         pub raft: openraft::Raft<crate::storage::raft::TypeConfig>,
+        /// The replica around it (routing, forwarding, reads).
+        pub replica: Replica,
         /// Its store.
         pub store: std::sync::Arc<crate::storage::Store>,
         /// Raft node id.
@@ -370,6 +373,22 @@ mod raft_peer {
     impl RaftPeer {
         /// Starts one, joining the overlay through `bootstrap`.
         pub async fn start(bootstrap: Vec<libp2p::Multiaddr>) -> RaftPeer {
+            Self::start_with(bootstrap, Arc::new(|_| {})).await
+        }
+
+        /// A one-voter group (the single-node case), leader already elected.
+        pub async fn solo(on_apply: crate::storage::raft::OnApply) -> RaftPeer {
+            let p = Self::start_with(vec![], on_apply).await;
+            p.raft.initialize(std::collections::BTreeMap::from([(p.id, p.node.clone())])).await.unwrap();
+            p.raft.wait(Some(Duration::from_secs(10))).current_leader(p.id, "solo leader").await.unwrap();
+            p
+        }
+
+        /// Starts one whose applied batches go to `on_apply`.
+        pub async fn start_with(
+            bootstrap: Vec<libp2p::Multiaddr>,
+            on_apply: crate::storage::raft::OnApply,
+        ) -> RaftPeer {
             let key = Keypair::generate_ed25519();
             let me = key.public().to_peer_id();
             let dir = tempfile::tempdir().unwrap();
@@ -400,28 +419,15 @@ mod raft_peer {
                     }
                 }
             });
-            let config = Config {
-                heartbeat_interval: 100,
-                election_timeout_min: 400,
-                election_timeout_max: 800,
-                install_snapshot_timeout: 5000,
-                max_in_snapshot_log_to_keep: 0,
-                ..Default::default()
-            };
             let id = node_id(&me);
-            let raft = Raft::new(
-                id,
-                Arc::new(config.validate().unwrap()),
-                Network::new(client.clone()),
-                LogStore::new(store.clone()),
-                StateStore::new(store.clone(), None),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(serve(raft.clone(), client, raft_rx));
+            let cfg = ReplicaConfig { timeout: Duration::from_secs(3), snapshot_every: 5000 };
+            let cluster = Arc::new(ClusterState::default());
+            let replica = Replica::start(me, store.clone(), client, raft_rx, cluster, on_apply, cfg).await.unwrap();
+            let raft = replica.raft().clone();
             let addr = addr_rx.await.unwrap();
             RaftPeer {
                 raft,
+                replica,
                 store,
                 id,
                 node: RaftNode { peer_id: me.to_base58(), addrs: vec![addr.to_string()] },

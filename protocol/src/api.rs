@@ -342,6 +342,48 @@ pub struct ClusterView {
     /// This node's election counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub election: Option<ElectionStats>,
+    /// The replicated log as this node sees it (leader, term, commit, per-peer progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftView>,
+}
+
+/// The replicated log, as one node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RaftView {
+    /// This node's Raft id (derived from its PeerId).
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    /// PeerId of the Raft leader, if known.
+    pub leader: Option<String>,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed (a majority of voters hold it): exact on the leader, the
+    /// leader's last report elsewhere.
+    pub commit_index: u64,
+    /// Last index appended to this node's log.
+    pub last_log_index: u64,
+    /// Last index applied to this node's state.
+    pub applied_index: u64,
+    /// Last index covered by this node's snapshot.
+    pub snapshot_index: u64,
+    /// Snapshots this node installed from a leader since it started.
+    pub snapshots_installed: u64,
+    /// Voters and learners (PeerIds) with their replication progress (leader only).
+    pub peers: Vec<RaftPeerView>,
+}
+
+/// One storage peer in the Raft membership.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RaftPeerView {
+    /// PeerId.
+    pub peer_id: String,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// Highest index the leader knows this peer holds (None: not known / not leader).
+    pub matched_index: Option<u64>,
+    /// `commit_index - matched_index`: how far behind it is.
+    pub lag: Option<u64>,
 }
 
 /// Election counters of one node (what it sent and refused).

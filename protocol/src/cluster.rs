@@ -64,6 +64,10 @@ pub struct RoleAssignment {
     pub members: Vec<Member>,
     /// When it was issued (coordinator's clock, informational).
     pub issued_at: Millis,
+    /// Every member announced it holds no replicated log: the storage peers named here start
+    /// the log together (same voter set on each), exactly once.
+    #[serde(default)]
+    pub genesis: bool,
 }
 
 impl RoleAssignment {
@@ -93,6 +97,14 @@ pub struct SignedAssignment {
     pub signature: String,
 }
 
+/// A message on [`EVENTS_TOPIC`]: these users have events up to these seqs (a wake-up only;
+/// streams read the log itself, so a lost notice delays nothing past the next poll).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventNotices {
+    /// (username, newest event seq).
+    pub users: Vec<(String, u64)>,
+}
+
 /// Messages on [`CONTROL_TOPIC`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -117,6 +129,9 @@ pub enum ControlMsg {
         /// Epoch of the assignment it holds (a new coordinator issues above it).
         #[serde(default)]
         epoch: u64,
+        /// It already belongs to the replicated log (has a Raft membership): no genesis.
+        #[serde(default)]
+        raft_member: bool,
     },
     /// A signed role assignment.
     Assignment(SignedAssignment),

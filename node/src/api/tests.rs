@@ -4,7 +4,7 @@
 use super::*;
 use crate::replication::Log;
 use crate::service::{Hub, ServiceConfig};
-use crate::storage::Store;
+use crate::testkit::RaftPeer;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chorus_protocol::api::{ClusterView, MemberView, NodeView};
@@ -26,6 +26,7 @@ impl ClusterInfo for Fixed {
             storage_leader: None,
             assignment: None,
             election: None,
+            raft: None,
         }
     }
     fn ready(&self) -> bool {
@@ -35,24 +36,23 @@ impl ClusterInfo for Fixed {
 
 struct App {
     router: Router,
-    _dir: tempfile::TempDir,
+    _peer: RaftPeer,
 }
 
-fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+/// The router over a one-voter Raft group on a real RocksDB in a temp dir.
+async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
     let hub = Arc::new(Hub::default());
     let metrics = Arc::new(metrics::Metrics::default());
     let h = hub.clone();
-    let (log, _writer) = Log::start(store.clone(), Box::new(move |n, _| h.notify(n))).unwrap();
-    let service = Service::new(store, log, hub, config);
+    let peer = RaftPeer::solo(Arc::new(move |out| h.notify(&out.notices))).await;
+    let service = Service::new(peer.replica.clone(), Log::start(peer.replica.clone()), hub, config);
     let state = AppState { service, limits: Arc::new(limits::Limits::new(limits)), metrics, cluster: Arc::new(Fixed) };
-    App { router: router(state), _dir: dir }
+    App { router: router(state), _peer: peer }
 }
 
-fn app() -> App {
+async fn app() -> App {
     let limits = limits::LimitConfig { user_rps: 0, logins_per_minute: 1000, registrations_per_minute: 1000 };
-    app_with(ServiceConfig::default(), limits)
+    app_with(ServiceConfig::default(), limits).await
 }
 
 impl App {
@@ -115,7 +115,7 @@ fn code(v: &Value) -> &str {
 
 #[tokio::test]
 async fn accounts_and_sessions() {
-    let app = app();
+    let app = app().await;
     let reg = |body: Value| app.req(Method::POST, "/api/v1/accounts", None, Some(body));
     let (s, v) = reg(json!({"username": "alice", "password": "password123", "display_name": "Alice A"})).await;
     assert_eq!(s, StatusCode::CREATED);
@@ -180,7 +180,7 @@ async fn accounts_and_sessions() {
 #[tokio::test]
 async fn expired_sessions_are_refused() {
     let config = ServiceConfig { session_ttl: std::time::Duration::from_millis(1), ..Default::default() };
-    let app = app_with(config, limits::LimitConfig { user_rps: 0, ..Default::default() });
+    let app = app_with(config, limits::LimitConfig { user_rps: 0, ..Default::default() }).await;
     let token = app.user("alice").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -196,7 +196,7 @@ async fn expired_sessions_are_refused() {
 
 #[tokio::test]
 async fn friends() {
-    let app = app();
+    let app = app().await;
     let (a, b, c) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     let (s, v) = app.post("/api/v1/friend-requests", &a, json!({"to": "bob"})).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::CREATED, Some("pending")));
@@ -244,7 +244,7 @@ async fn friends() {
 
 #[tokio::test]
 async fn direct_messages() {
-    let app = app();
+    let app = app().await;
     let (a, b, c) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     let (s, v) = app.post("/api/v1/dms/bob/messages", &a, json!({"text": "hi"})).await;
     assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "not_friends"));
@@ -296,7 +296,7 @@ async fn direct_messages() {
 
 #[tokio::test]
 async fn history_pages_are_capped_and_gapless() {
-    let app = app();
+    let app = app().await;
     let (a, b) = (app.user("alice").await, app.user("bob").await);
     app.befriend(("alice", &a), ("bob", &b)).await;
     for i in 0..620 {
@@ -321,7 +321,7 @@ async fn history_pages_are_capped_and_gapless() {
 
 #[tokio::test]
 async fn groups() {
-    let app = app();
+    let app = app().await;
     let (a, b, c, d) =
         (app.user("alice").await, app.user("bob").await, app.user("carol").await, app.user("dave").await);
     let (s, v) = app.post("/api/v1/groups", &a, json!({"name": "  ", "members": []})).await;
@@ -396,7 +396,7 @@ async fn upload(app: &App, token: &str, name: &str, data: Vec<u8>) -> (StatusCod
 #[tokio::test]
 async fn files() {
     let config = ServiceConfig { max_file_size: 3 * 1024 * 1024, ..Default::default() };
-    let app = app_with(config, limits::LimitConfig { user_rps: 0, ..Default::default() });
+    let app = app_with(config, limits::LimitConfig { user_rps: 0, ..Default::default() }).await;
     let (a, b, c) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     app.befriend(("alice", &a), ("bob", &b)).await;
     let data: Vec<u8> = (0..(2 * 1024 * 1024 + 123)).map(|i| (i % 251) as u8).collect();
@@ -478,7 +478,7 @@ async fn sse_events(router: &Router, token: &str, last_event_id: Option<u64>, qu
 
 #[tokio::test]
 async fn events_stream_and_resume() {
-    let app = app();
+    let app = app().await;
     let (a, b) = (app.user("alice").await, app.user("bob").await);
     // bob is told: friend request (1), friend added (2), two messages (3, 4).
     app.befriend(("alice", &a), ("bob", &b)).await;
@@ -518,7 +518,7 @@ async fn events_stream_and_resume() {
 
 #[tokio::test]
 async fn operations_and_pages() {
-    let app = app();
+    let app = app().await;
     let token = app.user("alice").await;
     let (s, v) = app.req(Method::GET, "/healthz", None, None).await;
     assert_eq!((s, v.as_str()), (StatusCode::OK, Some("ok\n")));
@@ -551,7 +551,8 @@ async fn rate_limits_answer_429() {
     let app = app_with(
         ServiceConfig::default(),
         limits::LimitConfig { user_rps: 5, logins_per_minute: 3, registrations_per_minute: 100 },
-    );
+    )
+    .await;
     let token = app.user("alice").await; // one login used
     let login =
         || app.req(Method::POST, "/api/v1/sessions", None, Some(json!({"username": "alice", "password": "nope-nope"})));

@@ -51,6 +51,8 @@ pub struct ClusterState {
     pub rejected_forged: AtomicU64,
     /// Assignments ignored: an old epoch, or not signed by the coordinator this node follows.
     pub ignored_stale: AtomicU64,
+    /// Set by replication: this node belongs to the replicated log (announced in presence).
+    pub raft_member: std::sync::atomic::AtomicBool,
 }
 
 /// A snapshot of what this node knows.
@@ -81,6 +83,7 @@ impl ClusterState {
 struct Info {
     http: Option<String>,
     no_storage: bool,
+    raft_member: bool,
 }
 
 enum Internal {
@@ -114,6 +117,8 @@ struct Driver {
     last_presence: Instant,
     last_republish: Instant,
     internal: mpsc::Sender<Internal>,
+    /// Event notices from the events topic, for the node's stream hub.
+    notices: mpsc::Sender<Vec<u8>>,
 }
 
 /// Runs the driver until the overlay's event stream ends.
@@ -123,6 +128,7 @@ pub async fn run(
     client: Client,
     mut events: mpsc::Receiver<Event>,
     state: Arc<ClusterState>,
+    notices: mpsc::Sender<Vec<u8>>,
 ) {
     let me = key.public().to_peer_id();
     let (itx, mut irx) = mpsc::channel(256);
@@ -148,9 +154,10 @@ pub async fn run(
         last_presence: now - Duration::from_secs(10),
         last_republish: now,
         internal: itx,
+        notices,
         cfg,
     };
-    d.info.insert(me, Info { http: Some(d.cfg.http.clone()), no_storage: d.cfg.no_storage });
+    d.info.insert(me, Info { http: Some(d.cfg.http.clone()), no_storage: d.cfg.no_storage, raft_member: false });
     let mut tick = tokio::time::interval(d.cfg.heartbeat / 2);
     loop {
         tokio::select! {
@@ -211,6 +218,9 @@ impl Driver {
                 let verdict = if topic == CONTROL_TOPIC {
                     self.on_control(source, &data).await
                 } else {
+                    // A notice only wakes streams (they read the log itself); if the node is
+                    // too busy to take it, the streams' poll covers it.
+                    let _ = self.notices.try_send(data);
                     MessageAcceptance::Accept
                 };
                 self.client.validate(id, propagation, verdict).await;
@@ -235,11 +245,11 @@ impl Driver {
                 self.on_heartbeat(source, round);
                 MessageAcceptance::Accept
             }
-            ControlMsg::Presence { peer_id, http, no_storage, epoch } => {
+            ControlMsg::Presence { peer_id, http, no_storage, epoch, raft_member } => {
                 if peer_id != source.to_base58() {
                     return MessageAcceptance::Reject;
                 }
-                self.info.insert(source, Info { http, no_storage });
+                self.info.insert(source, Info { http, no_storage, raft_member });
                 if epoch > self.max_epoch {
                     // A member holds a newer epoch (from a coordinator it followed before, e.g.
                     // across a healed partition): reissue above it or it would ignore ours.
@@ -332,7 +342,10 @@ impl Driver {
 
     async fn on_tick(&mut self) {
         let now = Instant::now();
-        if now.duration_since(self.last_presence) >= Duration::from_secs(1) {
+        let member = self.state.raft_member.load(Ordering::Relaxed);
+        let changed =
+            self.info.get_mut(&self.me).is_some_and(|i| std::mem::replace(&mut i.raft_member, member) != member);
+        if changed || now.duration_since(self.last_presence) >= Duration::from_secs(1) {
             self.publish_presence().await;
         }
         if self.is_coordinator() {
@@ -425,7 +438,7 @@ impl Driver {
             .into_iter()
             .map(|p| {
                 let info = self.info.get(&p).cloned().unwrap_or_default();
-                Candidate { peer_id: p, http: info.http, no_storage: info.no_storage }
+                Candidate { peer_id: p, http: info.http, no_storage: info.no_storage, raft_member: info.raft_member }
             })
             .collect()
     }
@@ -442,6 +455,7 @@ impl Driver {
             .map(|a| a.assignment.holders(Role::Storage).filter_map(|p| p.parse().ok()).collect())
             .unwrap_or_default();
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
+        let genesis = members.iter().all(|c| !c.raft_member);
         let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
         self.max_epoch = epoch;
         let assignment = RoleAssignment {
@@ -457,6 +471,7 @@ impl Driver {
                 })
                 .collect(),
             issued_at: crate::service::now_ms(),
+            genesis,
         };
         match sign::sign(assignment, &self.key) {
             Ok(signed) => {
@@ -491,6 +506,7 @@ impl Driver {
             http: Some(self.cfg.http.clone()),
             no_storage: self.cfg.no_storage,
             epoch,
+            raft_member: self.state.raft_member.load(Ordering::Relaxed),
         };
         self.publish(msg).await;
     }

@@ -244,7 +244,17 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 if let Some(reply) = self.raft_out.remove(&request_id) {
-                    let _ = reply.send(Err(OverlayError::Unreachable(format!("{peer}: {error}"))));
+                    let never_sent = matches!(
+                        error,
+                        request_response::OutboundFailure::DialFailure
+                            | request_response::OutboundFailure::UnsupportedProtocols
+                    );
+                    let msg = format!("{peer}: {error}");
+                    let _ = reply.send(Err(if never_sent {
+                        OverlayError::NotSent(msg)
+                    } else {
+                        OverlayError::Unreachable(msg)
+                    }));
                 }
             }
             request_response::Event::InboundFailure { .. } | request_response::Event::ResponseSent { .. } => {

@@ -55,9 +55,12 @@ pub enum OverlayError {
     /// The event loop is gone (shutting down).
     #[error("overlay stopped")]
     Stopped,
-    /// The peer did not answer.
+    /// The peer did not answer (the request may have arrived).
     #[error("peer unreachable: {0}")]
     Unreachable(String),
+    /// The request never left (no connection, protocol unsupported): safe to send elsewhere.
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// Publishing failed (e.g. no peers subscribed yet).
     #[error("publish: {0}")]
     Publish(String),

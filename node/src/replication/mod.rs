@@ -1,134 +1,424 @@
-//! The command log in front of the state machine.
+//! The replicated command log: openraft among the storage peers, reached from any node.
 //!
-//! Today the log is local: one writer thread takes every command submitted, groups the ones
-//! that arrived together into one batch, applies the batch as ONE synced RocksDB WriteBatch
-//! (group commit: one fsync for many writers) and answers each submitter. A one-node cluster
-//! is exactly this: a one-voter group. Replicating the batch among storage peers (openraft)
-//! replaces the "apply locally" step with "commit on a majority, then apply on every peer";
-//! the submit interface stays.
+//! Every node runs a [`Replica`]: a Raft instance over its RocksDB store, plus routing. Only
+//! the storage peers the coordinator names are in the Raft membership, so only they hold data;
+//! the others stay empty learners-to-be and send every write and read to the Raft leader.
 //!
 //! ```text
-//! service --submit(Command)--> [bounded mpsc] --> writer thread
-//!     ^                                            | drain <= MAX_BATCH, apply_batch, fsync
-//!     +---------- oneshot reply <------------------+--> on_commit(notices) -> event hub
+//! service --submit--> Log (batcher) --one Batch per drained group--> Replica::write
+//!    |                                                                  | leader here: client_write
+//!    |                                                                  | else: Forward over /chorus/raft/1
+//!    +--query--> Replica::read --(leader here: local, else Query RPC)--> Query::run on the leader
+//!
+//! leader's apply --notices--> gossip chorus/v1/events --> every node's hub --> streams
 //! ```
+//!
+//! * Writes are acknowledged only after a majority of storage peers hold them durably and the
+//!   leader applied them. A write that cannot commit within the write timeout answers
+//!   [`SubmitError::Unavailable`] (HTTP 503); one whose outcome is unknown (the leader died
+//!   mid-request) is never retried here, since only sends carry an idempotency key.
+//! * Reads go to the leader and wait until it applied this node's last acknowledged write:
+//!   read-your-writes for every client of this node.
+//! * `membership` makes the Raft membership follow the coordinator's storage set.
 
+mod log;
+mod membership;
 pub mod raft_net;
 
-use crate::storage::{applied_index_row, Notice, StateMachine, StorageError, Store};
-use chorus_protocol::{Applied, Command, CommandError};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+pub use log::Log;
 
-/// Most commands in one batch (one WAL sync).
-const MAX_BATCH: usize = 1024;
-/// Most payload bytes in one batch (file chunks are large).
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-/// Commands waiting for the writer before `submit` pushes back.
-const QUEUE: usize = 8192;
+use crate::election::driver::ClusterState;
+use crate::overlay::{Client, OverlayError, RaftInbound};
+use crate::storage::raft::{Batch, BatchResult, LogStore, OnApply, StateStore, TypeConfig};
+use crate::storage::read::Query;
+use crate::storage::Store;
+use chorus_protocol::cluster::{EventNotices, Role, EVENTS_TOPIC};
+use libp2p::PeerId;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, ServerState, SnapshotPolicy};
+use raft_net::{Request, Response, Routed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-/// Why a command could not be committed. Nothing was acknowledged.
+/// Why a command or read could not be served. Nothing was acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
-    /// The log cannot commit now (storage failed, no quorum, shutting down).
+    /// No quorum, no reachable leader, storage failure, or shutting down.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
 
-type Reply = oneshot::Sender<Result<Result<Applied, CommandError>, SubmitError>>;
-
-struct Pending {
-    command: Command,
-    reply: Reply,
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Raft settings are inconsistent.
+    #[error("raft config: {0}")]
+    Config(String),
+    /// Raft failed to start (storage unreadable).
+    #[error("raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<u64>),
 }
 
-/// Handle to submit commands. Cheap to clone.
+/// Replication settings.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// How long a write or read may wait for a leader and a quorum before it fails.
+    pub timeout: Duration,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+}
+
+/// A leader that heard no majority for this long refuses writes at once (no quorum).
+const QUORUM_LOST_MS: u64 = 1500;
+
+/// This node's view of the replicated log. Cheap to clone.
 #[derive(Clone)]
-pub struct Log {
-    tx: mpsc::Sender<Pending>,
+pub struct Replica {
+    inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Log {
+struct Inner {
+    raft: Raft<TypeConfig>,
+    me: PeerId,
+    id: u64,
+    store: Arc<Store>,
+    client: Client,
+    cluster: Arc<ClusterState>,
+    cfg: ReplicaConfig,
+    /// Where the leader was last said to be (for nodes outside the membership).
+    hint: Mutex<Option<PeerId>>,
+    /// Highest log index this node had acknowledged: reads wait for it.
+    acked: AtomicU64,
+    /// Rotates over storage peers while no leader is known.
+    rotate: AtomicUsize,
+    installed: Arc<AtomicU64>,
+    /// The leader's last status report (commit index, peers' progress).
+    leader_view: Mutex<Option<chorus_protocol::api::RaftView>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").finish_non_exhaustive()
+        f.debug_struct("Replica").field("id", &self.inner.id).finish_non_exhaustive()
     }
 }
 
-/// Called after each durable batch with its notices and the count of new messages.
-pub type OnCommit = Box<dyn Fn(&[Notice], u64) + Send + 'static>;
-
-impl Log {
-    /// Starts the writer thread. It ends when every [`Log`] handle is dropped.
-    pub fn start(store: Arc<Store>, on_commit: OnCommit) -> std::io::Result<(Log, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let handle =
-            std::thread::Builder::new().name("chorus-writer".into()).spawn(move || writer(store, rx, on_commit))?;
-        Ok((Log { tx }, handle))
-    }
-
-    /// Submits one command and waits until it is durable and applied.
-    ///
-    /// `Ok(Err(_))` is a deterministic refusal (nothing changed); `Err(_)` means the outcome is
-    /// not known to have happened and nothing was acknowledged.
-    pub async fn submit(&self, command: Command) -> Result<Result<Applied, CommandError>, SubmitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| SubmitError::Unavailable("the log is shut down".into()))?;
-        rx.await.map_err(|_| SubmitError::Unavailable("the writer stopped".into()))?
-    }
+/// An operation routed to the leader.
+enum Op {
+    Write(Batch),
+    Read { query: Query, min_index: u64 },
 }
 
-fn weight(c: &Command) -> usize {
-    match c {
-        Command::PutFileChunk { data, .. } => data.len(),
-        _ => 256,
-    }
+enum Answer {
+    Written(BatchResult, u64),
+    Read(Vec<u8>),
 }
 
-fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>, on_commit: OnCommit) {
-    let mut index = match store.applied_index() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the applied index; the writer refuses all commands");
-            while let Some(p) = rx.blocking_recv() {
-                let _ = p.reply.send(Err(SubmitError::Unavailable(e.to_string())));
+/// One try at the leader.
+enum Attempt {
+    Done(Answer),
+    /// Not the leader (or none known yet): try again, at the hinted peer if any.
+    Retry(Option<PeerId>),
+    Fail(String),
+}
+
+impl Replica {
+    /// Starts Raft over `store`, serves peers' Raft requests from `inbound`, and follows the
+    /// coordinator's storage set. `on_apply` sees every batch this node applies.
+    pub async fn start(
+        me: PeerId,
+        store: Arc<Store>,
+        client: Client,
+        inbound: mpsc::Receiver<RaftInbound>,
+        cluster: Arc<ClusterState>,
+        on_apply: OnApply,
+        cfg: ReplicaConfig,
+    ) -> Result<Replica, StartError> {
+        let config = openraft::Config {
+            cluster_name: "chorus".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 750,
+            election_timeout_max: 1500,
+            install_snapshot_timeout: 10_000,
+            // Entries are whole batches (up to 4 MiB of file data): keep appends under the
+            // 64 MiB frame limit.
+            max_payload_entries: 8,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
+        let leader = Arc::new(AtomicBool::new(false));
+        let (notice_tx, notice_rx) = mpsc::channel::<Vec<crate::storage::Notice>>(1024);
+        let is_leader = leader.clone();
+        let apply: OnApply = Arc::new(move |out| {
+            on_apply(out);
+            if is_leader.load(Ordering::Relaxed) && !out.notices.is_empty() {
+                let _ = notice_tx.try_send(out.notices.clone());
             }
-            return;
+        });
+        let sm = StateStore::new(store.clone(), Some(apply));
+        let installed = sm.installed_counter();
+        let id = raft_net::node_id(&me);
+        let network = raft_net::Network::new(client.clone());
+        let raft = Raft::new(id, config, network, LogStore::new(store.clone()), sm).await?;
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                raft,
+                me,
+                id,
+                store,
+                client: client.clone(),
+                cluster,
+                cfg,
+                hint: Mutex::new(None),
+                acked: AtomicU64::new(0),
+                rotate: AtomicUsize::new(0),
+                installed,
+                leader_view: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let tasks = vec![
+            tokio::spawn(raft_net::serve(replica.clone(), inbound)),
+            tokio::spawn(watch_state(replica.clone(), leader)),
+            tokio::spawn(publish_notices(client, notice_rx)),
+            tokio::spawn(membership::run(replica.clone())),
+        ];
+        *lock(&replica.inner.tasks) = tasks;
+        Ok(replica)
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// The local store (holds data only while this node is a storage peer).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Stops Raft and the background tasks.
+    pub async fn shutdown(&self) {
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
         }
-    };
-    let mut commands: Vec<Command> = Vec::with_capacity(MAX_BATCH);
-    let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(p) = next.take() {
-            bytes += weight(&p.command);
-            commands.push(p.command);
-            replies.push(p.reply);
-            if commands.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Commits `batch` on a majority of storage peers; one result per command.
+    pub async fn write(&self, batch: Batch) -> Result<BatchResult, SubmitError> {
+        match self.route(Op::Write(batch)).await? {
+            Answer::Written(result, index) => {
+                self.inner.acked.fetch_max(index, Ordering::Relaxed);
+                Ok(result)
             }
+            Answer::Read(_) => Err(SubmitError::Unavailable("mismatched answer".into())),
         }
-        match StateMachine::new(&store).apply_batch(&commands, vec![applied_index_row(index + 1)], true) {
-            Ok(out) => {
-                index += 1;
-                on_commit(&out.notices, out.messages);
-                for (reply, result) in replies.drain(..).zip(out.results) {
-                    let _ = reply.send(Ok(result));
+    }
+
+    /// Runs `query` on the leader once it applied this node's acknowledged writes.
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T, SubmitError> {
+        let min_index = self.inner.acked.load(Ordering::Relaxed);
+        match self.route(Op::Read { query, min_index }).await? {
+            Answer::Read(bytes) => cbor4ii::serde::from_slice(&bytes)
+                .map_err(|e| SubmitError::Unavailable(format!("undecodable answer: {e}"))),
+            Answer::Written(..) => Err(SubmitError::Unavailable("mismatched answer".into())),
+        }
+    }
+
+    fn peer_of(&self, id: u64) -> Option<PeerId> {
+        if id == self.inner.id {
+            return Some(self.inner.me);
+        }
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).and_then(|n| n.peer_id.parse().ok())
+    }
+
+    /// The Raft leader as this node knows it.
+    pub fn leader(&self) -> Option<PeerId> {
+        let current = self.inner.raft.metrics().borrow().current_leader;
+        current.and_then(|id| self.peer_of(id)).or_else(|| *lock(&self.inner.hint))
+    }
+
+    fn storage_peers(&self) -> Vec<PeerId> {
+        let view = self.inner.cluster.view();
+        let Some(a) = view.assignment else { return Vec::new() };
+        a.assignment.holders(Role::Storage).filter_map(|p| p.parse().ok()).collect()
+    }
+
+    /// Where to send the next try: the leader, else some storage peer (it will redirect).
+    fn target(&self) -> Option<PeerId> {
+        self.leader().or_else(|| {
+            let peers = self.storage_peers();
+            let n = self.inner.rotate.fetch_add(1, Ordering::Relaxed);
+            (!peers.is_empty()).then(|| peers[n % peers.len()])
+        })
+    }
+
+    async fn route(&self, op: Op) -> Result<Answer, SubmitError> {
+        let deadline = Instant::now() + self.inner.cfg.timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(SubmitError::Unavailable(format!(
+                    "no storage leader with a quorum answered within {} ms",
+                    self.inner.cfg.timeout.as_millis()
+                )));
+            }
+            let attempt = match self.target() {
+                Some(p) if p == self.inner.me => self.local(&op, remaining).await,
+                Some(p) => self.remote(p, &op, remaining).await,
+                None => Attempt::Retry(None),
+            };
+            match attempt {
+                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Fail(e) => return Err(SubmitError::Unavailable(e)),
+                Attempt::Retry(hint) => {
+                    *lock(&self.inner.hint) = hint.filter(|p| *p != self.inner.me);
+                    tokio::time::sleep(remaining.min(Duration::from_millis(30))).await;
                 }
             }
-            Err(e) => fail_batch(&mut replies, &e),
         }
-        commands.clear();
     }
-    tracing::debug!("writer stopped: every log handle dropped");
+
+    /// Serves `op` as the leader (or says who is).
+    async fn local(&self, op: &Op, remaining: Duration) -> Attempt {
+        let raft = &self.inner.raft;
+        let (state, quorum_age, leader) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.state, m.millis_since_quorum_ack, m.current_leader)
+        };
+        if state != ServerState::Leader {
+            return Attempt::Retry(leader.filter(|l| *l != self.inner.id).and_then(|l| self.peer_of(l)));
+        }
+        match op {
+            Op::Write(batch) => {
+                if quorum_age.is_some_and(|ms| ms > QUORUM_LOST_MS) {
+                    return Attempt::Fail(format!(
+                        "no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"
+                    ));
+                }
+                match tokio::time::timeout(remaining, raft.client_write(batch.clone())).await {
+                    Err(_) => Attempt::Fail("no quorum: the write was not confirmed in time (not acknowledged)".into()),
+                    Ok(Ok(resp)) => Attempt::Done(Answer::Written(resp.data, resp.log_id.index)),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                        Attempt::Retry(f.leader_node.and_then(|n| n.peer_id.parse().ok()))
+                    }
+                    Ok(Err(e)) => Attempt::Fail(e.to_string()),
+                }
+            }
+            Op::Read { query, min_index } => {
+                if *min_index > 0 {
+                    let wait = raft.wait(Some(remaining));
+                    if wait.applied_index_at_least(Some(*min_index), "read-your-writes").await.is_err() {
+                        return Attempt::Fail("the leader has not applied this node's last write in time".into());
+                    }
+                }
+                let (store, query) = (self.inner.store.clone(), query.clone());
+                match tokio::task::spawn_blocking(move || query.run(&store)).await {
+                    Ok(Ok(bytes)) => Attempt::Done(Answer::Read(bytes)),
+                    Ok(Err(e)) => Attempt::Fail(e.to_string()),
+                    Err(e) => Attempt::Fail(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Sends `op` to `peer`, the leader as far as this node knows.
+    async fn remote(&self, peer: PeerId, op: &Op, remaining: Duration) -> Attempt {
+        let (req, write) = match op {
+            Op::Write(b) => (Request::Forward(b.clone()), true),
+            Op::Read { query, min_index } => (Request::Query { query: query.clone(), min_index: *min_index }, false),
+        };
+        let Ok(data) = raft_net::encode(&req) else { return Attempt::Fail("cannot encode the request".into()) };
+        let reply = tokio::time::timeout(remaining, self.inner.client.raft_request(peer, data)).await;
+        let bytes = match reply {
+            Ok(Ok(bytes)) => bytes,
+            // Never sent: safe to try elsewhere.
+            Ok(Err(OverlayError::NotSent(e))) => {
+                tracing::debug!(%peer, error = %e, "storage peer not reachable");
+                return Attempt::Retry(None);
+            }
+            // Sent, outcome unknown: a read may be retried, a write may not.
+            Ok(Err(_)) | Err(_) if !write => return Attempt::Retry(None),
+            Ok(Err(e)) => {
+                return Attempt::Fail(format!("the storage leader went away mid-write (outcome unknown): {e}"))
+            }
+            Err(_) => return Attempt::Fail("the storage leader did not confirm the write in time (no quorum?)".into()),
+        };
+        let routed = match raft_net::decode::<Response>(&bytes) {
+            Ok(Response::Forward(r)) => r.map(|(result, index)| Answer::Written(result, index)),
+            Ok(Response::Query(r)) => r.map(|b| Answer::Read(b.into_vec())),
+            _ => return Attempt::Fail("unexpected answer from the storage leader".into()),
+        };
+        match routed {
+            Routed::Done(a) => Attempt::Done(a),
+            Routed::NotLeader(hint) => Attempt::Retry(hint.and_then(|h| h.parse().ok())),
+            Routed::Failed(e) => Attempt::Fail(e),
+        }
+    }
+
+    /// Answers a peer's forwarded write or read: as the leader, or with where it is.
+    async fn serve_op(&self, op: Op) -> Routed<Answer> {
+        match self.local(&op, self.inner.cfg.timeout).await {
+            Attempt::Done(a) => Routed::Done(a),
+            Attempt::Retry(hint) => Routed::NotLeader(hint.or_else(|| self.leader()).map(|p| p.to_base58())),
+            Attempt::Fail(e) => Routed::Failed(e),
+        }
+    }
 }
 
-fn fail_batch(replies: &mut Vec<Reply>, e: &StorageError) {
-    tracing::error!(error = %e, n = replies.len(), "batch failed; nothing in it was acknowledged");
-    for reply in replies.drain(..) {
-        let _ = reply.send(Err(SubmitError::Unavailable(e.to_string())));
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps the leader flag (who publishes event notices) and the "member of the log" flag
+/// (announced in presence) in step with Raft.
+async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
+    let mut rx = replica.inner.raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
+            let member = m.membership_config.membership().nodes().next().is_some();
+            replica.inner.cluster.raft_member.store(member, Ordering::Relaxed);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes the leader's event notices, coalesced: the newest seq per user, one gossip
+/// message per 2,000 users.
+async fn publish_notices(client: Client, mut rx: mpsc::Receiver<Vec<crate::storage::Notice>>) {
+    while let Some(first) = rx.recv().await {
+        let mut latest: HashMap<String, u64> = HashMap::new();
+        let mut add = |ns: Vec<crate::storage::Notice>| {
+            for n in ns {
+                let e = latest.entry(n.user).or_default();
+                *e = (*e).max(n.seq);
+            }
+        };
+        add(first);
+        while let Ok(more) = rx.try_recv() {
+            add(more);
+        }
+        let users: Vec<(String, u64)> = latest.into_iter().collect();
+        for chunk in users.chunks(2000) {
+            let Ok(data) = serde_json::to_vec(&EventNotices { users: chunk.to_vec() }) else { continue };
+            if let Err(e) = client.publish(EVENTS_TOPIC, data).await {
+                tracing::trace!(error = %e, "event notice not published (no subscribers yet?)");
+            }
+        }
     }
 }

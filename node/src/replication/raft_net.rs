@@ -2,12 +2,18 @@
 //! the overlay [`Client`], and the server loop that answers peers' requests. No second
 //! transport. Frames are CBOR; an unanswered request (timeout, closed connection) is
 //! `Unreachable`, so openraft backs off and retries.
+//!
+//! The same protocol carries what other nodes ask of the leader: `Forward` (a batch to
+//! commit), `Query` (a read, once the leader applied `min_index`) and `Status`.
 
 // The error types are openraft's (its network traits return them by value).
 #![allow(clippy::result_large_err)]
 
+use super::{Op, Replica};
 use crate::overlay::{Client, RaftInbound};
-use crate::storage::raft::{RaftNode, TypeConfig};
+use crate::storage::raft::{Batch, BatchResult, RaftNode, TypeConfig};
+use crate::storage::read::Query;
+use chorus_protocol::api::RaftView;
 use libp2p::PeerId;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -15,7 +21,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -28,24 +33,56 @@ pub fn node_id(peer: &PeerId) -> u64 {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(crate) enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Commit this batch (sent to the leader by any node).
+    Forward(Batch),
+    /// Answer this read once `min_index` is applied.
+    Query {
+        query: Query,
+        min_index: u64,
+    },
+    /// The leader's view of the log.
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Response {
+pub(crate) enum Response {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Forward(Routed<(BatchResult, u64)>),
+    Query(Routed<serde_bytes::ByteBuf>),
+    Status(Box<RaftView>),
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetworkError> {
+/// The answer to a forwarded operation.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Routed<T> {
+    Done(T),
+    /// Not the leader; the leader's PeerId if known.
+    NotLeader(Option<String>),
+    /// Refused or failed (no quorum, storage error).
+    Failed(String),
+}
+
+impl<T> Routed<T> {
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
+        match self {
+            Routed::Done(t) => Routed::Done(f(t)),
+            Routed::NotLeader(h) => Routed::NotLeader(h),
+            Routed::Failed(e) => Routed::Failed(e),
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetworkError> {
     cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| NetworkError::new(&e))
 }
 
-fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, NetworkError> {
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, NetworkError> {
     cbor4ii::serde::from_slice(b).map_err(|e| NetworkError::new(&e))
 }
 
@@ -81,13 +118,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
 
 impl Conn {
-    async fn call<E: std::error::Error>(&self, req: &Request) -> Result<Response, RpcErr<E>> {
-        let peer = self
-            .peer
-            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&std::io::Error::other("node has no PeerId"))))?;
+    async fn call<E: std::error::Error>(&self, req: &Request, option: &RPCOption) -> Result<Response, RpcErr<E>> {
+        let unreachable =
+            |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
+        let peer = self.peer.ok_or_else(|| unreachable(&std::io::Error::other("node has no PeerId")))?;
         let data = encode(req).map_err(RPCError::Network)?;
-        let reply =
-            self.client.raft_request(peer, data).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        // A frozen peer keeps its connection open: do not wait past openraft's own deadline.
+        let reply = tokio::time::timeout(option.hard_ttl(), self.client.raft_request(peer, data))
+            .await
+            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&e))?;
         decode(&reply).map_err(RPCError::Network)
     }
 
@@ -104,9 +144,9 @@ impl RaftNetwork<TypeConfig> for Conn {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        match self.call(&Request::Append(rpc)).await? {
+        match self.call(&Request::Append(rpc), &option).await? {
             Response::Append(r) => self.remote(r),
             _ => Err(unexpected()),
         }
@@ -115,39 +155,53 @@ impl RaftNetwork<TypeConfig> for Conn {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        match self.call(&Request::Snapshot(rpc)).await? {
+        match self.call(&Request::Snapshot(rpc), &option).await? {
             Response::Snapshot(r) => self.remote(r),
             _ => Err(unexpected()),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, _option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
-        match self.call(&Request::Vote(rpc)).await? {
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.call(&Request::Vote(rpc), &option).await? {
             Response::Vote(r) => self.remote(r),
             _ => Err(unexpected()),
         }
     }
 }
 
-/// Answers peers' Raft requests until the overlay's request stream ends.
-pub async fn serve(raft: Raft<TypeConfig>, client: Client, mut inbound: mpsc::Receiver<RaftInbound>) {
+/// Answers peers' requests until the overlay's request stream ends.
+pub async fn serve(replica: Replica, mut inbound: mpsc::Receiver<RaftInbound>) {
     while let Some(req) = inbound.recv().await {
-        let (raft, client) = (raft.clone(), client.clone());
+        let replica = replica.clone();
         // Each request on its own task: a slow snapshot install must not hold up heartbeats.
         tokio::spawn(async move {
             let Ok(request) = decode::<Request>(&req.data) else {
                 tracing::warn!(from = %req.from, "undecodable raft request");
                 return;
             };
+            let raft = replica.raft();
             let response = match request {
                 Request::Append(r) => Response::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
                 Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+                Request::Forward(batch) => {
+                    Response::Forward(replica.serve_op(Op::Write(batch)).await.map(|a| match a {
+                        super::Answer::Written(result, index) => (result, index),
+                        super::Answer::Read(_) => (BatchResult::default(), 0),
+                    }))
+                }
+                Request::Query { query, min_index } => {
+                    Response::Query(replica.serve_op(Op::Read { query, min_index }).await.map(|a| match a {
+                        super::Answer::Read(b) => serde_bytes::ByteBuf::from(b),
+                        super::Answer::Written(..) => serde_bytes::ByteBuf::new(),
+                    }))
+                }
+                Request::Status => Response::Status(Box::new(replica.status())),
             };
             if let Ok(data) = encode(&response) {
-                client.raft_reply(req.id, data).await;
+                replica.inner.client.raft_reply(req.id, data).await;
             }
         });
     }

@@ -19,6 +19,8 @@ pub struct Candidate {
     pub http: Option<String>,
     /// Started with `--no-storage`.
     pub no_storage: bool,
+    /// Already belongs to the replicated log.
+    pub raft_member: bool,
 }
 
 /// Roles for `members` (any order), as `(peer, roles)` sorted by PeerId bytes.
@@ -69,7 +71,9 @@ mod tests {
     use super::*;
 
     fn peers(n: usize) -> Vec<Candidate> {
-        (0..n).map(|_| Candidate { peer_id: PeerId::random(), http: None, no_storage: false }).collect()
+        (0..n)
+            .map(|_| Candidate { peer_id: PeerId::random(), http: None, no_storage: false, raft_member: false })
+            .collect()
     }
 
     fn count(a: &[(PeerId, Vec<Role>)], role: Role) -> usize {

@@ -65,7 +65,14 @@ mod tests {
     use super::*;
 
     fn assignment(coordinator: &PeerId, epoch: u64) -> RoleAssignment {
-        RoleAssignment { epoch, round: 1, coordinator: coordinator.to_string(), members: vec![], issued_at: 0 }
+        RoleAssignment {
+            epoch,
+            round: 1,
+            coordinator: coordinator.to_string(),
+            members: vec![],
+            issued_at: 0,
+            genesis: false,
+        }
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Events: a user's gapless event log, read from storage and followed through the hub.
 
 use super::{Result, Service};
+use crate::storage::read::Query;
 use chorus_protocol::Event;
 use futures::Stream;
+
+/// How long an idle stream waits for a wake-up before it reads its log again.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Most events one catch-up read returns.
 pub const EVENTS_LIMIT_MAX: usize = 1000;
@@ -10,15 +14,13 @@ pub const EVENTS_LIMIT_MAX: usize = 1000;
 impl Service {
     /// The caller's events with seq > `after`.
     pub async fn events(&self, username: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
-        let me = username.to_owned();
         let limit = limit.clamp(1, EVENTS_LIMIT_MAX);
-        self.read(move |s| s.events(&me, after, limit)).await
+        self.read(Query::Events { user: username.to_owned(), after, limit }).await
     }
 
     /// Newest event seq of a user.
     pub async fn last_event_seq(&self, username: &str) -> Result<u64> {
-        let me = username.to_owned();
-        self.read(move |s| s.last_event_seq(&me)).await
+        self.read(Query::LastEventSeq(username.to_owned())).await
     }
 
     /// Wakes when `username` has new events.
@@ -64,7 +66,9 @@ impl Service {
                 match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
                     Ok(evs) if !evs.is_empty() => st.buf.extend(evs),
                     Ok(_) => {
-                        if st.wake.changed().await.is_err() {
+                        // Notices from other nodes travel by gossip, which may drop one: a
+                        // stream that hears nothing looks again after a while anyway.
+                        if let Ok(Err(_)) = tokio::time::timeout(STREAM_POLL, st.wake.changed()).await {
                             return None;
                         }
                     }

@@ -1,6 +1,7 @@
 //! Files: whole-body uploads stored as content-addressed chunks, chunk-by-chunk downloads.
 
 use super::{fresh_id, now_ms, Caller, Result, Service, ServiceError};
+use crate::storage::read::Query;
 use crate::storage::records::FileRec;
 use bytes::Bytes;
 use chorus_protocol::api::FileInfo;
@@ -103,23 +104,16 @@ impl Service {
         if !ids::is_file_id(file_id) {
             return Err(CommandError::FileNotFound(file_id.to_owned()).into());
         }
-        let (f, me) = (file_id.to_owned(), caller.username.clone());
-        let rec = self
-            .read(move |s| match s.file(&f)? {
-                Some(rec) if s.file_visible_to(&rec, &me)? => Ok(Some(rec)),
-                _ => Ok(None),
-            })
-            .await?
-            .ok_or_else(|| CommandError::FileNotFound(file_id.to_owned()))?;
-        let store = self.inner.store.clone();
+        let query = Query::VisibleFile { file: file_id.to_owned(), user: caller.username.clone() };
+        let rec: FileRec =
+            self.read::<Option<FileRec>>(query).await?.ok_or_else(|| CommandError::FileNotFound(file_id.to_owned()))?;
+        let svc = self.clone();
         let chunks = futures::stream::iter(rec.chunks.clone()).then(move |hash| {
-            let store = store.clone();
+            let svc = svc.clone();
             async move {
-                let data = tokio::task::spawn_blocking(move || store.file_chunk(&hash))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
-                data.map(Bytes::from).ok_or_else(|| std::io::Error::other("file chunk missing"))
+                let data: Option<serde_bytes::ByteBuf> =
+                    svc.read(Query::FileChunk(hash)).await.map_err(std::io::Error::other)?;
+                data.map(|b| Bytes::from(b.into_vec())).ok_or_else(|| std::io::Error::other("file chunk missing"))
             }
         });
         Ok((rec, chunks))

@@ -17,8 +17,10 @@ pub use events::EVENTS_LIMIT_MAX;
 pub use files::CHUNK_SIZE;
 pub use hub::Hub;
 
-use crate::replication::{Log, SubmitError};
-use crate::storage::{StorageError, Store};
+use crate::replication::{Log, Replica, SubmitError};
+use crate::storage::read::Query;
+use crate::storage::records::{SessionRec, UserRec};
+use crate::storage::StorageError;
 use chorus_protocol::api::*;
 use chorus_protocol::command::Millis;
 use chorus_protocol::ids::{self, ValidationError};
@@ -95,7 +97,7 @@ pub struct Service {
 
 #[derive(Debug)]
 struct Inner {
-    store: Arc<Store>,
+    replica: Replica,
     log: Log,
     hub: Arc<Hub>,
     config: ServiceConfig,
@@ -115,11 +117,11 @@ fn fresh_id() -> String {
 }
 
 impl Service {
-    /// A service over `store`, writing through `log`, waking streams through `hub`.
-    pub fn new(store: Arc<Store>, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
+    /// A service reading through `replica`, writing through `log`, waking streams through `hub`.
+    pub fn new(replica: Replica, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
         let uploads = tokio::sync::Semaphore::new(files::CONCURRENT_UPLOADS);
         let argon2 = tokio::sync::Semaphore::new(2);
-        Self { inner: Arc::new(Inner { store, log, hub, config, uploads, argon2 }) }
+        Self { inner: Arc::new(Inner { replica, log, hub, config, uploads, argon2 }) }
     }
 
     /// The settings in force.
@@ -127,17 +129,10 @@ impl Service {
         &self.inner.config
     }
 
-    /// Runs a blocking storage read off the async workers.
-    async fn read<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> std::result::Result<T, StorageError> + Send + 'static,
-    {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
-            .map_err(ServiceError::from)
+    /// Reads from the replicated state (on the storage leader, seeing this node's writes).
+    /// `T` is the answer type [`Query`] documents for the variant.
+    async fn read<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T> {
+        Ok(self.inner.replica.read(query).await?)
     }
 
     async fn submit(&self, command: Command) -> Result<Applied> {
@@ -151,8 +146,7 @@ impl Service {
         ids::validate_username(&req.username)?;
         ids::validate_password(&req.password)?;
         let display_name = ids::normalize_display_name(req.display_name.as_deref())?;
-        let name = req.username.clone();
-        if self.read(move |s| s.user(&name)).await?.is_some() {
+        if self.read::<Option<UserRec>>(Query::User(req.username.clone())).await?.is_some() {
             return Err(CommandError::UsernameTaken(req.username).into());
         }
         let password = req.password;
@@ -179,8 +173,7 @@ impl Service {
         if ids::validate_username(&req.username).is_err() || req.password.len() > ids::PASSWORD_MAX {
             return Err(ServiceError::InvalidCredentials);
         }
-        let name = req.username.clone();
-        let user = self.read(move |s| s.user(&name)).await?;
+        let user: Option<UserRec> = self.read(Query::User(req.username.clone())).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;
         let slot = self.inner.argon2.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -219,8 +212,7 @@ impl Service {
             return Err(ServiceError::Unauthorized("invalid or expired token"));
         }
         let token_hash = auth::token_hash(token);
-        let key = token_hash.clone();
-        let session = self.read(move |s| s.session(&key)).await?;
+        let session: Option<SessionRec> = self.read(Query::Session(token_hash.clone())).await?;
         match session {
             Some(s) if s.expires_at > now_ms() => Ok(Caller { username: s.username, token_hash }),
             _ => Err(ServiceError::Unauthorized("invalid or expired token")),
@@ -232,8 +224,7 @@ impl Service {
         if ids::validate_username(username).is_err() {
             return Err(CommandError::UserNotFound(username.to_owned()).into());
         }
-        let name = username.to_owned();
-        let user = self.read(move |s| s.user(&name)).await?;
+        let user: Option<UserRec> = self.read(Query::User(username.to_owned())).await?;
         let u = user.ok_or_else(|| CommandError::UserNotFound(username.to_owned()))?;
         Ok(Profile {
             display_name: u.display_name.unwrap_or_else(|| u.username.clone()),
@@ -254,8 +245,7 @@ impl Service {
 
     /// Pending requests to and from the caller.
     pub async fn friend_requests(&self, caller: &Caller) -> Result<FriendRequests> {
-        let me = caller.username.clone();
-        self.read(move |s| s.friend_requests(&me)).await
+        self.read(Query::FriendRequests(caller.username.clone())).await
     }
 
     /// Accepts or declines the request from `from`.
@@ -269,8 +259,7 @@ impl Service {
 
     /// The caller's friends.
     pub async fn friends(&self, caller: &Caller) -> Result<Vec<Friend>> {
-        let me = caller.username.clone();
-        self.read(move |s| s.friends(&me)).await
+        self.read(Query::Friends(caller.username.clone())).await
     }
 
     /// Ends a friendship.
@@ -285,8 +274,7 @@ impl Service {
 
     /// The chats the caller is in.
     pub async fn chats(&self, caller: &Caller) -> Result<Vec<ChatSummary>> {
-        let me = caller.username.clone();
-        self.read(move |s| s.chats_of(&me)).await
+        self.read(Query::ChatsOf(caller.username.clone())).await
     }
 
     /// Sends a DM to a friend.
@@ -319,22 +307,8 @@ impl Service {
         let mut files = req.files;
         files.retain(|f| seen.insert(f.clone()));
         if !files.is_empty() {
-            let me = caller.username.clone();
-            let wanted = files.clone();
-            let missing = self
-                .read(move |s| {
-                    for f in wanted {
-                        let visible = match s.file(&f)? {
-                            Some(rec) => s.file_visible_to(&rec, &me)?,
-                            None => false,
-                        };
-                        if !visible {
-                            return Ok(Some(f));
-                        }
-                    }
-                    Ok(None)
-                })
-                .await?;
+            let query = Query::FirstInvisible { files: files.clone(), user: caller.username.clone() };
+            let missing: Option<String> = self.read(query).await?;
             if let Some(f) = missing {
                 return Err(CommandError::FileNotFound(f).into());
             }
@@ -364,15 +338,8 @@ impl Service {
     ) -> Result<MessagesPage> {
         let chat_id = chat_id.parse::<ChatId>().map_err(|_| CommandError::ChatNotFound)?;
         let limit = limit.unwrap_or(100).clamp(1, HISTORY_LIMIT_MAX);
-        let me = caller.username.clone();
-        self.read(move |s| {
-            let chat = s.chat(&chat_id)?.filter(|c| c.members.contains(&me));
-            let Some(chat) = chat else { return Ok(None) };
-            let messages = s.messages(&chat_id, after, limit)?;
-            Ok(Some(MessagesPage { messages, last_seq: chat.last_seq }))
-        })
-        .await?
-        .ok_or_else(|| CommandError::ChatNotFound.into())
+        let query = Query::Messages { chat: chat_id, user: caller.username.clone(), after, limit };
+        self.read::<Option<MessagesPage>>(query).await?.ok_or_else(|| CommandError::ChatNotFound.into())
     }
 
     // ---- groups ----
@@ -404,8 +371,8 @@ impl Service {
         if !ids::is_group_id(group_id) {
             return Err(CommandError::GroupNotFound.into());
         }
-        let (g, me) = (group_id.to_owned(), caller.username.clone());
-        self.read(move |s| s.group_for(&g, &me)).await?.ok_or_else(|| CommandError::GroupNotFound.into())
+        let query = Query::Group { group: group_id.to_owned(), user: caller.username.clone() };
+        self.read::<Option<Group>>(query).await?.ok_or_else(|| CommandError::GroupNotFound.into())
     }
 
     /// The admin adds a member.
@@ -442,6 +409,6 @@ impl Service {
 
     /// Index of the last applied log entry.
     pub async fn applied_index(&self) -> Result<u64> {
-        self.read(|s| s.applied_index()).await
+        self.read(Query::AppliedIndex).await
     }
 }

@@ -10,6 +10,7 @@
 mod keys;
 mod queries;
 pub mod raft;
+pub mod read;
 pub mod records;
 mod state_machine;
 

@@ -9,7 +9,7 @@
 //! A snapshot is every row of the state CFs (a RocksDB snapshot, so it is consistent) in a
 //! simple length-prefixed framing; installing one replaces those CFs in one WriteBatch.
 
-use super::state_machine::{ApplyOutput, StateMachine};
+use super::state_machine::{applied_index_row, ApplyOutput, StateMachine};
 use super::{Cf, StorageError as DbError, Store};
 use chorus_protocol::{Applied, Command, CommandError};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -256,6 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateStore {
     store: Arc<Store>,
     on_apply: Option<OnApply>,
+    installed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Debug for StateStore {
@@ -267,7 +268,12 @@ impl Debug for StateStore {
 impl StateStore {
     /// The state machine over `store`; `on_apply` sees every applied batch's output.
     pub fn new(store: Arc<Store>, on_apply: Option<OnApply>) -> Self {
-        Self { store, on_apply }
+        Self { store, on_apply, installed: Default::default() }
+    }
+
+    /// Counts the snapshots installed from a leader (shared with clones).
+    pub fn installed_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.installed.clone()
     }
 }
 
@@ -378,7 +384,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         blocking(&self.store, move |s| {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
-                let mut extra = vec![(Cf::RaftMeta, SM_APPLIED.to_vec(), json(&Some(entry.log_id)))];
+                let mut extra = vec![
+                    (Cf::RaftMeta, SM_APPLIED.to_vec(), json(&Some(entry.log_id))),
+                    applied_index_row(entry.log_id.index),
+                ];
                 let commands = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
                     EntryPayload::Normal(batch) => batch.0,
@@ -417,6 +426,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let meta = meta.clone();
         let data = snapshot.into_inner();
         let sig = meta.signature();
+        self.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         blocking(&self.store, move |s| {
             let rows = parse_rows(&data)?;
             let mut wb = rocksdb::WriteBatch::default();

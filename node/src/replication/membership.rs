@@ -1,0 +1,192 @@
+//! The Raft membership follows the coordinator's storage set.
+//!
+//! * Genesis: an assignment marked `genesis` (no member announced a log) makes each of its
+//!   storage peers that has no log call `initialize` with the same voter set: identical first
+//!   entries, so it does not matter which of them wins the first election.
+//! * Afterwards only the Raft leader changes the membership, one change at a time: a new
+//!   storage peer joins as a learner; once it has caught up it is promoted, and voters that
+//!   lost the storage role are dropped in the same joint change. A change that would not keep
+//!   a majority of the current voters is not attempted.
+//! * Every tick also refreshes the leader's status report (shown by `GET /api/v1/cluster`).
+
+use super::raft_net::{self, Request, Response};
+use super::{lock, Replica};
+use crate::storage::raft::RaftNode;
+use chorus_protocol::api::{RaftPeerView, RaftView};
+use libp2p::PeerId;
+use openraft::{ChangeMembers, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const TICK: Duration = Duration::from_millis(300);
+/// A learner within this many entries of the leader's log is caught up.
+const CAUGHT_UP: u64 = 64;
+/// Longest wait for one membership change to commit.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Raft record of a peer: its PeerId only, so every node builds the same one (addresses
+/// come from the overlay).
+pub(crate) fn raft_node(peer: &PeerId) -> RaftNode {
+    RaftNode { peer_id: peer.to_base58(), addrs: Vec::new() }
+}
+
+pub(super) async fn run(replica: Replica) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let storage: BTreeMap<u64, RaftNode> =
+            replica.storage_peers().iter().map(|p| (raft_net::node_id(p), raft_node(p))).collect();
+        let genesis = replica.inner.cluster.view().assignment.is_some_and(|a| a.assignment.genesis);
+        if genesis && storage.contains_key(&replica.inner.id) {
+            initialize(&replica, storage.clone()).await;
+        }
+        if replica.raft().metrics().borrow().state == ServerState::Leader {
+            if !storage.is_empty() {
+                reconcile(&replica, &storage).await;
+            }
+            *lock(&replica.inner.leader_view) = Some(replica.status());
+        } else {
+            refresh_leader_view(&replica).await;
+        }
+    }
+}
+
+async fn initialize(replica: &Replica, voters: BTreeMap<u64, RaftNode>) {
+    let raft = replica.raft();
+    if raft.is_initialized().await.unwrap_or(true) {
+        return;
+    }
+    tracing::info!(voters = voters.len(), "genesis: starting the replicated log");
+    if let Err(e) = raft.initialize(voters).await {
+        tracing::warn!(error = %e, "genesis initialize refused");
+    }
+}
+
+/// One step towards "voters == storage peers" (leader only).
+async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
+    let raft = replica.raft();
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return; // a change is still in progress
+    }
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let learners: BTreeSet<u64> = membership.learner_ids().collect();
+    let result = if let Some((&id, node)) =
+        storage.iter().find(|(id, _)| !voters.contains(id) && !learners.contains(id))
+    {
+        tracing::info!(peer = %node.peer_id, "adding storage peer as a learner");
+        tokio::time::timeout(CHANGE_TIMEOUT, raft.add_learner(id, node.clone(), false)).await.map(|r| r.map(|_| ()))
+    } else {
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+        let promote: BTreeSet<u64> = learners
+            .iter()
+            .filter(|id| storage.contains_key(id) && matched(id).is_some_and(|i| i + CAUGHT_UP >= last))
+            .copied()
+            .collect();
+        let drop_voters: BTreeSet<u64> = voters.iter().filter(|id| !storage.contains_key(id)).copied().collect();
+        let stale_learners: BTreeSet<u64> = learners.iter().filter(|id| !storage.contains_key(id)).copied().collect();
+        if !promote.is_empty() || !drop_voters.is_empty() {
+            let next: BTreeSet<u64> = voters.union(&promote).filter(|id| !drop_voters.contains(id)).copied().collect();
+            let kept = next.intersection(&voters).count();
+            if next.is_empty() || kept < voters.len() / 2 + 1 {
+                tracing::warn!(?voters, ?next, "not changing voters: the change would not keep a majority");
+                return;
+            }
+            tracing::info!(?voters, ?next, "changing voters");
+            tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(next, false)).await.map(|r| r.map(|_| ()))
+        } else if !stale_learners.is_empty() {
+            tracing::info!(?stale_learners, "dropping learners that are no longer storage peers");
+            let change = ChangeMembers::RemoveNodes(stale_learners);
+            tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(change, false)).await.map(|r| r.map(|_| ()))
+        } else {
+            return;
+        }
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
+        Err(_) => tracing::warn!("membership change did not commit in time (no quorum?)"),
+    }
+}
+
+async fn refresh_leader_view(replica: &Replica) {
+    let Some(leader) = replica.leader().filter(|l| *l != replica.inner.me) else {
+        *lock(&replica.inner.leader_view) = None;
+        return;
+    };
+    let Ok(data) = raft_net::encode(&Request::Status) else { return };
+    let reply = tokio::time::timeout(TICK, replica.inner.client.raft_request(leader, data)).await;
+    let view = match reply {
+        Ok(Ok(bytes)) => match raft_net::decode::<Response>(&bytes) {
+            Ok(Response::Status(v)) => Some(*v),
+            _ => None,
+        },
+        _ => None,
+    };
+    *lock(&replica.inner.leader_view) = view;
+}
+
+impl Replica {
+    /// This node's view of the log; on the leader with each peer's replication progress.
+    pub fn status(&self) -> RaftView {
+        let m = self.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = |id: u64| {
+            if id == self.inner.id {
+                m.last_log_index
+            } else {
+                m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
+            }
+        };
+        let leader = m.state == ServerState::Leader;
+        // Commit index: the highest index a majority of voters hold (leader only).
+        let commit_index = if leader {
+            let mut held: Vec<u64> = membership.voter_ids().map(|id| matched(id).unwrap_or(0)).collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            held.get(held.len() / 2).copied().unwrap_or(0)
+        } else {
+            0 // filled in from the leader's report by `cluster_status`
+        };
+        let peers = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched_index = if leader { matched(*id) } else { None };
+                RaftPeerView {
+                    peer_id: node.peer_id.clone(),
+                    voter: membership.voter_ids().any(|v| v == *id),
+                    matched_index,
+                    lag: matched_index.map(|i| commit_index.max(last).saturating_sub(i)),
+                }
+            })
+            .collect();
+        RaftView {
+            node_id: self.inner.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader.and_then(|id| self.peer_of(id)).map(|p| p.to_base58()),
+            term: m.current_term,
+            commit_index,
+            last_log_index: last,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            snapshots_installed: self.inner.installed.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// The status for `GET /api/v1/cluster`: this node's, with the leader's per-peer progress.
+    pub fn cluster_status(&self) -> RaftView {
+        let mut view = self.status();
+        if view.state != "leader" {
+            if let Some(l) = lock(&self.inner.leader_view).as_ref() {
+                view.peers = l.peers.clone();
+                view.commit_index = l.commit_index;
+            }
+        }
+        view
+    }
+}
