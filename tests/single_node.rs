@@ -2,60 +2,14 @@
 //! a group of three, a file round trip, SSE delivery), then `kill -9`, restart on the same
 //! data dir, and everything acknowledged is still there.
 
-use chorus_node::testkit::{self as common, wait_for, NodeProc};
+mod common;
+
+use chorus_node::testkit::{node_bin, wait_for, NodeProc};
+use common::Api;
 use futures::StreamExt;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-struct Api {
-    http: Client,
-    base: String,
-}
-
-impl Api {
-    fn new(base: &str) -> Self {
-        Api { http: Client::new(), base: base.to_owned() }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, path, token, Some(body)).await;
-        assert!(s.is_success(), "POST {path}: {s} {v}");
-        v
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, Some(token), None).await;
-        assert!(s.is_success(), "GET {path}: {s} {v}");
-        v
-    }
-
-    async fn user(&self, name: &str) -> String {
-        self.post("/api/v1/accounts", None, json!({"username": name, "password": "password123"})).await;
-        let v = self.post("/api/v1/sessions", None, json!({"username": name, "password": "password123"})).await;
-        v["token"].as_str().unwrap().to_owned()
-    }
-}
 
 fn seqs(page: &Value) -> Vec<u64> {
     page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
@@ -129,7 +83,7 @@ async fn walkthrough_survives_kill_9() {
     assert_eq!(down.bytes().await.unwrap().as_ref(), &data[..]);
 
     // A second node on the same data dir fails clearly.
-    let out = std::process::Command::new(common::node_bin())
+    let out = std::process::Command::new(node_bin())
         .args(["run", "--http", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()

@@ -6,7 +6,9 @@ use clap::Parser;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -17,7 +19,11 @@ fn main() -> anyhow::Result<()> {
         }
         CliCommand::Inspect { data_dir } => {
             let store = chorus_node::storage::Store::open(&data_dir.join("db"))?;
-            let out = serde_json::json!({ "digest": store.digest()?, "applied_index": store.applied_index()? });
+            let out = serde_json::json!({
+                "digest": store.digest()?,
+                "applied_index": store.applied_index()?,
+                "chats": store.chat_digests()?,
+            });
             println!("{out}");
             Ok(())
         }

@@ -246,25 +246,35 @@ pub struct LocalCluster {
     pub nodes: Vec<Option<NodeProc>>,
     /// The first node's listen address.
     pub seed: String,
+    /// Each node's own flags (kept for restarts).
+    flags: Vec<Vec<String>>,
 }
 
 impl LocalCluster {
     /// Starts `n` nodes, each with `extra` flags.
     pub fn start(n: usize, extra: &[&str]) -> LocalCluster {
+        Self::start_each(&vec![&[][..]; n], extra)
+    }
+
+    /// Starts one node per entry of `each` with those flags plus `common`.
+    pub fn start_each(each: &[&[&str]], common: &[&str]) -> LocalCluster {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
         let seed = format!("/ip4/127.0.0.1/tcp/{port}");
-        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().expect("temp dir")).collect();
+        let flags: Vec<Vec<String>> =
+            each.iter().map(|f| f.iter().chain(common).map(|s| s.to_string()).collect()).collect();
+        let dirs: Vec<_> = (0..each.len()).map(|_| tempfile::tempdir().expect("temp dir")).collect();
         let nodes = dirs
             .iter()
+            .zip(&flags)
             .enumerate()
-            .map(|(i, d)| {
+            .map(|(i, (d, f))| {
                 let mut args = vec![if i == 0 { "--listen" } else { "--bootstrap" }, seed.as_str()];
-                args.extend_from_slice(extra);
+                args.extend(f.iter().map(String::as_str));
                 Some(NodeProc::start(d.path(), &args))
             })
             .collect();
-        LocalCluster { dirs, nodes, seed }
+        LocalCluster { dirs, nodes, seed, flags }
     }
 
     /// Each live node's `/api/v1/cluster`.
@@ -337,7 +347,9 @@ impl LocalCluster {
             .into_iter()
             .find_map(|(_, v)| v.this.addrs.first().cloned())
             .unwrap_or_else(|| self.seed.clone());
-        self.nodes[i] = Some(NodeProc::start(self.dirs[i].path(), &["--bootstrap", &via]));
+        let mut args = vec!["--bootstrap", via.as_str()];
+        args.extend(self.flags[i].iter().map(String::as_str));
+        self.nodes[i] = Some(NodeProc::start(self.dirs[i].path(), &args));
     }
 }
 

@@ -113,21 +113,23 @@ async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
     }
 }
 
+/// Asks the leader (or, while none is known, some storage peer) for its status: the report
+/// shown in the cluster view, and for nodes outside the membership, where the leader is.
 async fn refresh_leader_view(replica: &Replica) {
-    let Some(leader) = replica.leader().filter(|l| *l != replica.inner.me) else {
+    let Some(peer) = replica.target().filter(|p| *p != replica.inner.me) else {
         *lock(&replica.inner.leader_view) = None;
         return;
     };
     let Ok(data) = raft_net::encode(&Request::Status) else { return };
-    let reply = tokio::time::timeout(TICK, replica.inner.client.raft_request(leader, data)).await;
-    let view = match reply {
-        Ok(Ok(bytes)) => match raft_net::decode::<Response>(&bytes) {
-            Ok(Response::Status(v)) => Some(*v),
-            _ => None,
-        },
-        _ => None,
-    };
-    *lock(&replica.inner.leader_view) = view;
+    let reply = tokio::time::timeout(TICK, replica.inner.client.raft_request(peer, data)).await;
+    let Ok(Ok(bytes)) = reply else { return };
+    let Ok(Response::Status(view)) = raft_net::decode::<Response>(&bytes) else { return };
+    if !replica.is_member() {
+        *lock(&replica.inner.hint) = view.leader.as_deref().and_then(|l| l.parse().ok());
+    }
+    if view.state == "leader" {
+        *lock(&replica.inner.leader_view) = Some(*view);
+    }
 }
 
 impl Replica {
@@ -167,7 +169,7 @@ impl Replica {
         RaftView {
             node_id: self.inner.id,
             state: format!("{:?}", m.state).to_lowercase(),
-            leader: m.current_leader.and_then(|id| self.peer_of(id)).map(|p| p.to_base58()),
+            leader: self.leader().map(|p| p.to_base58()),
             term: m.current_term,
             commit_index,
             last_log_index: last,

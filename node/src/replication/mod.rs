@@ -242,6 +242,11 @@ impl Replica {
         m.membership_config.membership().get_node(&id).and_then(|n| n.peer_id.parse().ok())
     }
 
+    /// Whether this node is in the Raft membership (holds the log).
+    pub fn is_member(&self) -> bool {
+        self.inner.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+    }
+
     /// The Raft leader as this node knows it.
     pub fn leader(&self) -> Option<PeerId> {
         let current = self.inner.raft.metrics().borrow().current_leader;

@@ -216,6 +216,11 @@ impl Store {
             h.update(cf.name().as_bytes());
             for row in self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
                 let (k, v) = row?;
+                // The applied index is log bookkeeping (blank and membership entries move it),
+                // not chat state.
+                if cf == Cf::Meta && &*k == b"applied" {
+                    continue;
+                }
                 h.update((k.len() as u64).to_be_bytes());
                 h.update(&k);
                 h.update((v.len() as u64).to_be_bytes());
@@ -223,6 +228,31 @@ impl Store {
             }
         }
         Ok(hex::encode(h.finalize()))
+    }
+
+    /// SHA-256 of each chat's messages (keys and records, in seq order), by chat id.
+    pub fn chat_digests(&self) -> Result<std::collections::BTreeMap<String, String>, StorageError> {
+        use sha2::{Digest, Sha256};
+        let mut out = std::collections::BTreeMap::new();
+        let mut current: Option<(String, Sha256)> = None;
+        for row in self.db.iterator_cf(self.cf(Cf::Messages), rocksdb::IteratorMode::Start) {
+            let (k, v) = row?;
+            let chat = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            if current.as_ref().is_none_or(|(c, _)| *c != chat) {
+                if let Some((c, h)) = current.take() {
+                    out.insert(c, hex::encode(h.finalize()));
+                }
+                current = Some((chat, Sha256::new()));
+            }
+            if let Some((_, h)) = current.as_mut() {
+                h.update(&k);
+                h.update(&v);
+            }
+        }
+        if let Some((c, h)) = current {
+            out.insert(c, hex::encode(h.finalize()));
+        }
+        Ok(out)
     }
 }
 

@@ -1,0 +1,62 @@
+//! Shared by the HTTP-level integration tests.
+#![allow(dead_code)]
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+/// A JSON client for one node's HTTP API.
+pub struct Api {
+    /// The HTTP client.
+    pub http: Client,
+    /// Base URL.
+    pub base: String,
+}
+
+impl Api {
+    /// A client for `base`.
+    pub fn new(base: &str) -> Self {
+        Api { http: Client::new(), base: base.to_owned() }
+    }
+
+    /// Any request; the status and the JSON (or text) body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POST that must succeed.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, token, Some(body)).await;
+        assert!(s.is_success(), "POST {path}: {s} {v}");
+        v
+    }
+
+    /// GET that must succeed.
+    pub async fn get(&self, path: &str, token: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, Some(token), None).await;
+        assert!(s.is_success(), "GET {path}: {s} {v}");
+        v
+    }
+
+    /// Registers `name` and logs in; the token.
+    pub async fn user(&self, name: &str) -> String {
+        self.post("/api/v1/accounts", None, json!({"username": name, "password": "password123"})).await;
+        let v = self.post("/api/v1/sessions", None, json!({"username": name, "password": "password123"})).await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+}

@@ -1,0 +1,396 @@
+//! Replicated storage with real `chorus-node` processes on 127.0.0.1: five nodes, three
+//! storage peers (openraft), any input node serves any user; `kill -9` of the Raft leader and
+//! of a follower under load loses nothing acknowledged; a storage peer that never returns is
+//! replaced and the newcomer catches up by snapshot; a minority answers 503 fast.
+
+mod common;
+
+use chorus_node::testkit::{node_bin, wait_for, LocalCluster};
+use chorus_protocol::api::ClusterView;
+use common::Api;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn storage_of(v: &ClusterView) -> BTreeSet<String> {
+    let Some(a) = &v.assignment else { return BTreeSet::new() };
+    a.assignment
+        .members
+        .iter()
+        .filter(|m| m.roles.iter().any(|r| r.as_str() == "storage"))
+        .map(|m| m.peer_id.clone())
+        .collect()
+}
+
+/// `(leader index, views)` once every live node names the same Raft leader, the leader's
+/// voters are exactly the assignment's storage peers, and every one of them is caught up.
+fn replicated(c: &LocalCluster) -> Option<(usize, Vec<(usize, ClusterView)>)> {
+    let views = c.views();
+    if views.len() != c.live() {
+        return None;
+    }
+    let leader = views[0].1.raft.as_ref()?.leader.clone()?;
+    if !views.iter().all(|(_, v)| v.raft.as_ref().is_some_and(|r| r.leader.as_deref() == Some(leader.as_str()))) {
+        return None;
+    }
+    let (li, lv) = views.iter().find(|(_, v)| v.this.peer_id == leader)?;
+    let raft = lv.raft.as_ref()?;
+    let voters: BTreeSet<String> = raft.peers.iter().filter(|p| p.voter).map(|p| p.peer_id.clone()).collect();
+    let caught_up = raft.peers.iter().all(|p| p.lag == Some(0));
+    // Every storage peer applied everything the leader has.
+    let applied = views
+        .iter()
+        .filter(|(_, v)| voters.contains(&v.this.peer_id))
+        .all(|(_, v)| v.raft.as_ref().is_some_and(|r| r.applied_index == raft.last_log_index));
+    (voters == storage_of(lv) && voters.len() == raft.peers.len() && caught_up && applied).then(|| (*li, views.clone()))
+}
+
+fn wait_replicated(c: &LocalCluster, timeout: Duration) -> (usize, Vec<(usize, ClusterView)>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = replicated(c) {
+            return r;
+        }
+        if Instant::now() > deadline {
+            for (i, n) in c.nodes.iter().enumerate() {
+                if let Some(n) = n {
+                    eprintln!("--- node {i} log:\n{}", n.log_lines().join("\n"));
+                }
+            }
+            panic!("replication did not settle: {:#?}", c.views());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn storage_indices(views: &[(usize, ClusterView)]) -> Vec<usize> {
+    let storage = views.iter().find_map(|(_, v)| v.assignment.as_ref().map(|_| storage_of(v))).unwrap_or_default();
+    views.iter().filter(|(_, v)| storage.contains(&v.this.peer_id)).map(|(i, _)| *i).collect()
+}
+
+fn apis(c: &LocalCluster) -> Vec<Option<Api>> {
+    c.nodes.iter().map(|n| n.as_ref().map(|n| Api::new(&n.url))).collect()
+}
+
+/// Every message of a chat through one node, oldest first.
+async fn history(api: &Api, token: &str, chat: &str) -> Vec<Value> {
+    let (mut out, mut after) = (Vec::new(), 0);
+    loop {
+        let page = api.get(&format!("/api/v1/chats/{chat}/messages?after={after}&limit=500"), token).await;
+        let msgs = page["messages"].as_array().unwrap().clone();
+        let Some(last) = msgs.last() else { return out };
+        after = last["seq"].as_u64().unwrap();
+        out.extend(msgs);
+    }
+}
+
+/// Stops every node, then `chorus-node inspect` on each of `dirs`: (digest, per-chat digests).
+fn inspect_after_stop(c: &mut LocalCluster, dirs: &[usize]) -> Vec<(String, Value, u64)> {
+    for n in c.nodes.iter_mut() {
+        if let Some(n) = n.take() {
+            n.terminate();
+        }
+    }
+    dirs.iter()
+        .map(|&i| {
+            let out = std::process::Command::new(node_bin())
+                .args(["inspect", "--data-dir"])
+                .arg(c.dirs[i].path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            (v["digest"].as_str().unwrap().to_owned(), v["chats"].clone(), v["applied_index"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+async fn befriend(a: &Api, a_token: &str, b: &Api, b_token: &str, b_name: &str, a_name: &str) {
+    a.post("/api/v1/friend-requests", Some(a_token), json!({"to": b_name})).await;
+    let path = format!("/api/v1/friend-requests/{a_name}/accept");
+    let (s, v) = b.call(reqwest::Method::POST, &path, Some(b_token), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_three_storage_serve_any_user_from_any_node() {
+    let c = LocalCluster::start(5, &["--user-rps", "0"]);
+    c.wait_settled(SETTLE);
+    let (_, views) = wait_replicated(&c, SETTLE);
+    let storage = storage_indices(&views);
+    assert_eq!(storage.len(), 3, "three storage peers");
+    let api = apis(&c);
+    let node = |i: usize| api[i].as_ref().unwrap();
+
+    // Accounts made on different nodes; a token works on every node.
+    let alice = node(0).user("alice").await;
+    let bob = node(1).user("bob").await;
+    let carol = node(2).user("carol").await;
+    for i in 0..5 {
+        assert_eq!(node(i).get("/api/v1/me", &alice).await["username"], "alice");
+    }
+    befriend(node(3), &alice, node(4), &bob, "bob", "alice").await;
+
+    // Bob listens on node 2 while the messages go in through every node.
+    let sse = node(2).http.get(format!("{}/api/v1/events?after=0", node(2).base)).bearer_auth(&bob).send().await;
+    let mut sse = sse.unwrap().bytes_stream();
+    let n = 30;
+    for i in 0..n {
+        let (who, token, path) = if i % 2 == 0 {
+            ("alice", &alice, "/api/v1/dms/bob/messages")
+        } else {
+            ("bob", &bob, "/api/v1/dms/alice/messages")
+        };
+        let v = node(i % 5)
+            .post(path, Some(token), json!({"text": format!("{who} {i}"), "client_msg_id": format!("m{i}")}))
+            .await;
+        assert_eq!(v["seq"], i as u64 + 1, "seqs follow the order of acknowledged sends");
+    }
+    // Every node answers the same history: each message once, gapless, same order.
+    let reference = history(node(0), &alice, "dm:alice:bob").await;
+    let texts: Vec<String> = reference.iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("{} {i}", if i % 2 == 0 { "alice" } else { "bob" })).collect();
+    assert_eq!(texts, expected);
+    for i in 1..5 {
+        assert_eq!(history(node(i), if i % 2 == 0 { &alice } else { &bob }, "dm:alice:bob").await, reference);
+    }
+
+    // Bob's stream on node 2 delivered every message once, in order.
+    let mut seen = Vec::new();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, sse.next()).await.expect("SSE delivers").unwrap().unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            for line in frame.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let ev: Value = serde_json::from_str(line.trim()).unwrap();
+                if ev["type"] == "message" {
+                    seen.push(ev["message"]["text"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert_eq!(seen, expected, "stream on another node: exactly once, in order");
+
+    // A group of three made on one node, used from the others.
+    let g = node(4).post("/api/v1/groups", Some(&alice), json!({"name": "trio", "members": ["bob"]})).await;
+    let (gid, chat) = (g["group_id"].as_str().unwrap().to_owned(), g["chat_id"].as_str().unwrap().to_owned());
+    node(1).post(&format!("/api/v1/groups/{gid}/members"), Some(&alice), json!({"username": "carol"})).await;
+    node(0).post(&format!("/api/v1/chats/{chat}/messages"), Some(&carol), json!({"text": "hi all"})).await;
+    let h = history(node(3), &bob, &chat).await;
+    assert_eq!(h.last().unwrap()["text"], "hi all");
+
+    // Input-only nodes keep no user data.
+    let (_, views) = wait_replicated(&c, SETTLE);
+    for (i, v) in &views {
+        if !storage.contains(i) {
+            assert_eq!(v.raft.as_ref().unwrap().applied_index, 0, "node {i} is not storage but applied entries");
+        }
+    }
+}
+
+/// Senders on `nodes`, each retrying a send with the same `client_msg_id` until it is
+/// acknowledged; returns (acknowledged (client_msg_id, seq), stop flag).
+type Acked = Arc<Mutex<Vec<(String, u64)>>>;
+
+fn start_senders(urls: Vec<String>, token: String, per_node: usize) -> (Acked, Arc<std::sync::atomic::AtomicBool>) {
+    let acked: Acked = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (n, url) in urls.into_iter().enumerate() {
+        for w in 0..per_node {
+            let (acked, stop, token, url) = (acked.clone(), stop.clone(), token.clone(), url.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                for i in 0.. {
+                    let cmid = format!("n{n}w{w}i{i}");
+                    loop {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let r = http
+                            .post(format!("{url}/api/v1/dms/bob/messages"))
+                            .bearer_auth(&token)
+                            .json(&json!({"text": cmid, "client_msg_id": cmid}))
+                            .send()
+                            .await;
+                        if let Ok(r) = r {
+                            if r.status() == StatusCode::CREATED {
+                                let v: Value = r.json().await.unwrap();
+                                acked.lock().unwrap().push((cmid.clone(), v["seq"].as_u64().unwrap()));
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            });
+        }
+    }
+    (acked, stop)
+}
+
+fn wait_more_acks(acked: &Acked, more: usize, what: &str) {
+    let start = acked.lock().unwrap().len();
+    wait_for(what, SETTLE, || (acked.lock().unwrap().len() >= start + more).then_some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_leader_then_follower_under_load_loses_nothing() {
+    // Nodes 3 and 4 never store: the three storage peers are 0..3, so a restarted one must come
+    // back as a storage peer and catch up.
+    let mut c = LocalCluster::start_each(&[&[], &[], &[], &["--no-storage"], &["--no-storage"]], &["--user-rps", "0"]);
+    c.wait_settled(SETTLE);
+    wait_replicated(&c, SETTLE);
+    let api = apis(&c);
+    let (alice, bob) = (api[3].as_ref().unwrap().user("alice").await, api[4].as_ref().unwrap().user("bob").await);
+    befriend(api[3].as_ref().unwrap(), &alice, api[4].as_ref().unwrap(), &bob, "bob", "alice").await;
+    let urls = vec![c.nodes[3].as_ref().unwrap().url.clone(), c.nodes[4].as_ref().unwrap().url.clone()];
+    let (acked, stop) = start_senders(urls, alice.clone(), 4);
+    wait_more_acks(&acked, 200, "acks before any kill");
+
+    // kill -9 the Raft leader; writes resume through the survivors; restart it.
+    let leader = replicated_leader(&c);
+    c.kill9(leader);
+    wait_more_acks(&acked, 200, "acks after the leader's death");
+    c.restart(leader);
+    wait_replicated(&c, SETTLE);
+    wait_more_acks(&acked, 100, "acks after the leader's restart");
+
+    // Now a follower.
+    let leader = replicated_leader(&c);
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    c.kill9(follower);
+    wait_more_acks(&acked, 200, "acks after a follower's death");
+    c.restart(follower);
+    wait_more_acks(&acked, 100, "acks after the follower's restart");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the senders see the flag
+    let (_, views) = wait_replicated(&c, SETTLE);
+    assert_eq!(storage_indices(&views), vec![0, 1, 2], "the restarted peers are storage peers again");
+
+    // Every acknowledged message exactly once, gapless, in the same order through both input nodes.
+    let acked = acked.lock().unwrap().clone();
+    let api = apis(&c);
+    let h3 = history(api[3].as_ref().unwrap(), &alice, "dm:alice:bob").await;
+    let h4 = history(api[4].as_ref().unwrap(), &bob, "dm:alice:bob").await;
+    assert_eq!(h3, h4);
+    let seqs: Vec<u64> = h3.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=h3.len() as u64).collect::<Vec<_>>(), "gapless");
+    let by_text: BTreeMap<&str, u64> =
+        h3.iter().map(|m| (m["text"].as_str().unwrap(), m["seq"].as_u64().unwrap())).collect();
+    assert_eq!(by_text.len(), h3.len(), "no message twice");
+    for (cmid, seq) in &acked {
+        assert_eq!(by_text.get(cmid.as_str()), Some(seq), "acknowledged {cmid} at seq {seq}");
+    }
+    eprintln!("{} acknowledged, {} stored", acked.len(), h3.len());
+
+    // The storage peers hold identical state.
+    let inspected = inspect_after_stop(&mut c, &[0, 1, 2]);
+    assert!(inspected.iter().all(|x| x.0 == inspected[0].0 && x.1 == inspected[0].1), "{inspected:#?}");
+    assert!(inspected[0].1.get("dm:alice:bob").is_some());
+}
+
+fn replicated_leader(c: &LocalCluster) -> usize {
+    wait_replicated(c, SETTLE).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot() {
+    let mut c = LocalCluster::start(4, &["--user-rps", "0", "--snapshot-every", "20"]);
+    c.wait_settled(SETTLE);
+    let (leader, views) = wait_replicated(&c, SETTLE);
+    let storage = storage_indices(&views);
+    let api = apis(&c);
+    let input = (0..4).find(|i| !storage.contains(i)).unwrap();
+    let node = api[input].as_ref().unwrap();
+    let (alice, bob) = (node.user("alice").await, node.user("bob").await);
+    befriend(node, &alice, node, &bob, "bob", "alice").await;
+    for i in 0..100 {
+        node.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": format!("m{i}")})).await;
+    }
+    // A follower dies for good; the coordinator promotes the input-only node.
+    let lost = *storage.iter().find(|i| **i != leader).unwrap();
+    c.kill9(lost);
+    let (_, views) = wait_replicated(&c, SETTLE);
+    let now: Vec<usize> = storage_indices(&views);
+    assert!(now.contains(&input) && !now.contains(&lost), "storage now {now:?}");
+    let newcomer = views.iter().find(|(i, _)| *i == input).unwrap().1.raft.clone().unwrap();
+    assert!(newcomer.snapshots_installed >= 1, "caught up by snapshot: {newcomer:?}");
+    // It serves the full history.
+    node.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "after"})).await;
+    let h = history(node, &bob, "dm:alice:bob").await;
+    assert_eq!(h.len(), 101);
+    wait_replicated(&c, SETTLE);
+    let inspected = inspect_after_stop(&mut c, &now);
+    assert!(inspected.iter().all(|x| x.0 == inspected[0].0), "{inspected:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_answers_503_fast_and_loses_nothing() {
+    let c = LocalCluster::start_each(&[&[], &[], &[], &["--no-storage"]], &["--user-rps", "0"]);
+    c.wait_settled(SETTLE);
+    let (leader, _) = wait_replicated(&c, SETTLE);
+    let api = apis(&c);
+    let node = api[3].as_ref().unwrap();
+    let (alice, bob) = (node.user("alice").await, node.user("bob").await);
+    befriend(node, &alice, node, &bob, "bob", "alice").await;
+    for i in 0..20 {
+        node.post(
+            "/api/v1/dms/bob/messages",
+            Some(&alice),
+            json!({"text": format!("m{i}"), "client_msg_id": format!("m{i}")}),
+        )
+        .await;
+    }
+    // Freeze the leader and one follower: one storage peer of three is left.
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let frozen = [leader, follower];
+    for &i in &frozen {
+        signal("-STOP", c.nodes[i].as_ref().unwrap().pid());
+    }
+    let survivor = (0..3).find(|i| !frozen.contains(i)).unwrap();
+    for via in [3, survivor] {
+        let started = Instant::now();
+        let body = json!({"text": "in the dark", "client_msg_id": "dark"});
+        let (s, v) = api[via]
+            .as_ref()
+            .unwrap()
+            .call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+    }
+    for &i in &frozen {
+        signal("-CONT", c.nodes[i].as_ref().unwrap().pid());
+    }
+    // Writes resume; the unacknowledged send, retried with its key, lands exactly once.
+    let deadline = Instant::now() + SETTLE;
+    let seq = loop {
+        let body = json!({"text": "in the dark", "client_msg_id": "dark"});
+        let (s, v) = node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(body)).await;
+        if s == StatusCode::CREATED {
+            break v["seq"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seq, 21);
+    let h = history(node, &bob, "dm:alice:bob").await;
+    let texts: Vec<&str> = h.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    expected.push("in the dark".into());
+    assert_eq!(texts, expected);
+}
+
+fn signal(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
