@@ -30,6 +30,8 @@ fn storage_of(v: &ClusterView) -> BTreeSet<String> {
 /// `(leader index, views)` once every live node names the same Raft leader, the leader's
 /// voters are exactly the assignment's storage peers, and every one of them is caught up.
 fn replicated(c: &LocalCluster) -> Option<(usize, Vec<(usize, ClusterView)>)> {
+    // One coordinator and one assignment naming exactly the live nodes.
+    c.settled()?;
     let views = c.views();
     if views.len() != c.live() {
         return None;
@@ -320,7 +322,7 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
     c.kill9(lost);
     let (_, views) = wait_replicated(&c, SETTLE);
     let now: Vec<usize> = storage_indices(&views);
-    assert!(now.contains(&input) && !now.contains(&lost), "storage now {now:?}");
+    assert!(now.contains(&input) && !now.contains(&lost), "storage now {now:?}: {views:#?}");
     let newcomer = views.iter().find(|(i, _)| *i == input).unwrap().1.raft.clone().unwrap();
     assert!(newcomer.snapshots_installed >= 1, "caught up by snapshot: {newcomer:?}");
     // It serves the full history.
