@@ -10,9 +10,12 @@
 //! target/release/examples/bench --senders 64 --seconds 10
 //! ```
 
+#[path = "load/mod.rs"]
+mod load;
+
 use chorus_node::testkit::NodeProc;
-use serde_json::{json, Value};
-use std::sync::Arc;
+use load::{pct, peak_rss_kib, Load};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -36,33 +39,6 @@ fn args() -> Args {
     a
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
-    let mut req = http.post(url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.expect("request");
-    assert!(resp.status().is_success(), "setup request failed: {}", resp.status());
-    resp.json().await.unwrap_or(Value::Null)
-}
-
 #[tokio::main]
 async fn main() {
     let args = args();
@@ -74,75 +50,16 @@ async fn main() {
     let base = node.url.clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.senders * 2).build().expect("client");
 
-    // Users u0..uN, paired (u0,u1), (u2,u3), ... as friends.
-    let mut tokens = Vec::new();
-    for i in 0..args.senders.max(2) {
-        let name = format!("user{i}");
-        post(&http, format!("{base}/api/v1/accounts"), None, json!({"username": name, "password": "password123"}))
-            .await;
-        let s =
-            post(&http, format!("{base}/api/v1/sessions"), None, json!({"username": name, "password": "password123"}))
-                .await;
-        tokens.push(s["token"].as_str().expect("token").to_owned());
-    }
-    for i in (0..tokens.len() - 1).step_by(2) {
-        post(
-            &http,
-            format!("{base}/api/v1/friend-requests"),
-            Some(&tokens[i]),
-            json!({"to": format!("user{}", i + 1)}),
-        )
-        .await;
-        post(&http, format!("{base}/api/v1/friend-requests"), Some(&tokens[i + 1]), json!({"to": format!("user{i}")}))
-            .await;
-    }
-
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let per_sender = args.rate.map(|r| Duration::from_secs_f64(args.senders as f64 / r));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().take(args.senders).enumerate() {
-        let (http, base, token, errors) = (http.clone(), base.clone(), token.clone(), errors.clone());
-        let partner = format!("user{}", i ^ 1);
-        let senders = args.senders;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            // Stagger the senders evenly over one period: an open-loop, evenly spaced load.
-            let mut next = Instant::now() + per_sender.map_or(Duration::ZERO, |g| g * i as u32 / senders as u32);
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                if let Some(gap) = per_sender {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += gap;
-                }
-                n += 1;
-                let t = Instant::now();
-                let r = http
-                    .post(format!("{base}/api/v1/dms/{partner}/messages"))
-                    .bearer_auth(&token)
-                    .json(&json!({"text": format!("bench message {n} from {i}"), "client_msg_id": format!("{i}-{n}")}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        let _ = r.bytes().await;
-                        lat.push(t.elapsed());
-                    }
-                    _ => {
-                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.expect("sender"));
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort();
+    let bases = vec![base.clone()];
+    let tokens = load::users(&http, &bases, "user", args.senders).await;
+    let out = load::run(
+        &http,
+        &bases,
+        "user",
+        &tokens,
+        Load { senders: args.senders, seconds: args.seconds as f64, rate: args.rate, receive: false },
+    )
+    .await;
 
     // History reads: the newest 50 messages of a busy DM, repeatedly.
     let mut hist = Vec::new();
@@ -165,18 +82,13 @@ async fn main() {
     let counter =
         |name: &str| -> f64 { metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0) };
     let (messages, batches) = (counter("chorus_messages_total"), counter("chorus_log_batches_total"));
-    let out = json!({
-        "bench": "single_node",
-        "senders": args.senders,
-        "seconds": elapsed,
-        "target_rate": args.rate,
-        "acked": lat.len(),
-        "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
-        "acked_per_sec": lat.len() as f64 / elapsed,
-        "send_latency_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p999": pct(&lat, 0.999)},
-        "history_read_ms": {"reads": hist.len(), "p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99)},
-        "node_peak_rss_mib": peak_rss_kib(node.pid()) as f64 / 1024.0,
-        "commands_per_fsync": if batches > 0.0 { messages / batches } else { 0.0 },
-    });
-    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    let mut report = out.json();
+    report["bench"] = json!("single_node");
+    report["senders"] = json!(args.senders);
+    report["seconds"] = json!(out.seconds);
+    report["target_rate"] = json!(args.rate);
+    report["history_read_ms"] = json!({"reads": hist.len(), "p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99)});
+    report["node_peak_rss_mib"] = json!(peak_rss_kib(node.pid()) as f64 / 1024.0);
+    report["commands_per_batch"] = json!(if batches > 0.0 { messages / batches } else { 0.0 });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

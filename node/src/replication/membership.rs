@@ -74,11 +74,9 @@ async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
-    let result = if let Some((&id, node)) =
-        storage.iter().find(|(id, _)| !voters.contains(id) && !learners.contains(id))
-    {
+    if let Some((&id, node)) = storage.iter().find(|(id, _)| !voters.contains(id) && !learners.contains(id)) {
         tracing::info!(peer = %node.peer_id, "adding storage peer as a learner");
-        tokio::time::timeout(CHANGE_TIMEOUT, raft.add_learner(id, node.clone(), false)).await.map(|r| r.map(|_| ()))
+        settle("add learner", raft.add_learner(id, node.clone(), false)).await;
     } else {
         let last = m.last_log_index.unwrap_or(0);
         let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
@@ -97,19 +95,22 @@ async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
                 return;
             }
             tracing::info!(?voters, ?next, "changing voters");
-            tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(next, false)).await.map(|r| r.map(|_| ()))
+            settle("change voters", raft.change_membership(next, false)).await;
         } else if !stale_learners.is_empty() {
             tracing::info!(?stale_learners, "dropping learners that are no longer storage peers");
             let change = ChangeMembers::RemoveNodes(stale_learners);
-            tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(change, false)).await.map(|r| r.map(|_| ()))
-        } else {
-            return;
+            settle("drop learners", raft.change_membership(change, false)).await;
         }
-    };
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
-        Err(_) => tracing::warn!("membership change did not commit in time (no quorum?)"),
+    }
+}
+
+/// Waits (bounded) for one membership change to commit; failures are logged, and the next
+/// tick tries again from the state Raft then reports.
+async fn settle<T, E: std::fmt::Display>(what: &str, change: impl std::future::Future<Output = Result<T, E>>) {
+    match tokio::time::timeout(CHANGE_TIMEOUT, change).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "{what} failed"),
+        Err(_) => tracing::warn!("{what} did not commit in time (no quorum?)"),
     }
 }
 

@@ -1,0 +1,129 @@
+//! Replicated-storage benchmark: one single node and one local 5-node cluster (3 storage
+//! peers, openraft) in the same run, real `chorus-node` processes on 127.0.0.1.
+//!
+//! Phases on the cluster (senders spread over every node's HTTP facade, partners listening on
+//! SSE through the next node):
+//! 1. closed loop, `--senders` senders for `--seconds`: acked msg/s (also on the single node:
+//!    the ratio replicated / single);
+//! 2. paced to `--rate` msg/s: send latency and send-to-stream delivery latency;
+//! 3. paced again, `kill -9` of the Raft leader after 2 s: the write pause (from the kill to
+//!    the first acknowledged send that started after it).
+//!
+//! ```text
+//! cargo build --release --workspace --bins --examples
+//! target/release/examples/cluster_bench --senders 64 --seconds 10 --rate 1000
+//! ```
+
+#[path = "load/mod.rs"]
+mod load;
+
+use chorus_node::testkit::{get_json, LocalCluster, NodeProc};
+use chorus_protocol::api::ClusterView;
+use load::Load;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const FLAGS: &[&str] = &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"];
+
+fn flag(name: &str, default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+}
+
+/// The Raft leader's node index once every node names it and it has three caught-up voters.
+fn ready(c: &LocalCluster) -> Option<usize> {
+    let views: Vec<(usize, ClusterView)> = c.views();
+    let leader = views.first()?.1.raft.as_ref()?.leader.clone()?;
+    let all_agree = views.len() == c.live()
+        && views.iter().all(|(_, v)| v.raft.as_ref().is_some_and(|r| r.leader.as_ref() == Some(&leader)));
+    let (i, lv) = views.iter().find(|(_, v)| v.this.peer_id == leader)?;
+    let peers = &lv.raft.as_ref()?.peers;
+    (all_agree && peers.iter().filter(|p| p.voter && p.lag == Some(0)).count() == 3).then_some(*i)
+}
+
+fn wait_ready(c: &LocalCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(i) = ready(c) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "cluster not ready: {:#?}", c.views());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let senders = flag("--senders", 64.0) as usize;
+    let seconds = flag("--seconds", 10.0);
+    let rate = flag("--rate", 1000.0);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
+
+    // The single node, same load, same run.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = NodeProc::start(dir.path(), FLAGS);
+    wait_for_ready(&node.url).await;
+    let bases = vec![node.url.clone()];
+    let tokens = load::users(&http, &bases, "solo", senders).await;
+    let closed = Load { senders, seconds, rate: None, receive: false };
+    let single = load::run(&http, &bases, "solo", &tokens, closed).await;
+    node.terminate();
+
+    let mut c = LocalCluster::start(5, FLAGS);
+    let leader = wait_ready(&c);
+    let bases: Vec<String> = c.nodes.iter().flatten().map(|n| n.url.clone()).collect();
+    let tokens = load::users(&http, &bases, "user", senders).await;
+    let throughput = load::run(&http, &bases, "user", &tokens, closed).await;
+    let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
+
+    // Failover: load through the other nodes, kill -9 the Raft leader after two seconds.
+    let survivors: Vec<String> = c
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .filter_map(|(_, n)| Some(n.as_ref()?.url.clone()))
+        .collect();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let at = Instant::now();
+        c.kill9(leader);
+        (at, c)
+    });
+    let failover =
+        load::run(&http, &survivors, "user", &tokens, Load { seconds: 8.0, rate: Some(rate), ..closed }).await;
+    let (killed_at, c) = killer.await.expect("killer");
+    let resumed = failover.acks.iter().filter(|(start, _)| *start >= killed_at).map(|(_, ack)| *ack).min();
+    let pause_ms = resumed.map(|t| (t - killed_at).as_secs_f64() * 1000.0);
+    let new_leader = wait_ready(&c);
+    let rss_mib: Vec<f64> = c.nodes.iter().flatten().map(|n| load::peak_rss_kib(n.pid()) as f64 / 1024.0).collect();
+
+    let report = json!({
+        "bench": "replicated_cluster",
+        "nodes": 5,
+        "storage_peers": 3,
+        "senders": senders,
+        "single_node": single.json(),
+        "cluster_closed_loop": throughput.json(),
+        "cluster_paced": { "target_rate": rate, "result": paced.json() },
+        "leader_kill": {
+            "result": failover.json(),
+            "write_pause_ms": pause_ms,
+            "new_leader_node": new_leader,
+            "old_leader_node": leader,
+        },
+        "node_peak_rss_mib": rss_mib,
+        "ratio_replicated_over_single": throughput.json()["acked_per_sec"].as_f64().unwrap_or(0.0)
+            / single.json()["acked_per_sec"].as_f64().unwrap_or(1.0),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+async fn wait_for_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = || get_json::<ClusterView>(&format!("{url}/api/v1/cluster"))?.raft?.leader;
+    while leader().is_none() {
+        assert!(Instant::now() < deadline, "node not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,201 @@
+//! Load generation shared by the benches: users paired as friends, senders posting DMs (closed
+//! loop, or paced open loop), optional SSE receivers that time delivery.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Milliseconds at percentile `p` of sorted durations.
+pub fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Peak RSS of a process in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A setup request that must succeed.
+pub async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut req = http.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    assert!(resp.status().is_success(), "setup request failed: {}", resp.status());
+    resp.json().await.unwrap_or(Value::Null)
+}
+
+/// Registers `n` users (`{prefix}0..`), pairs (0,1), (2,3)... as friends; their tokens.
+pub async fn users(http: &reqwest::Client, bases: &[String], prefix: &str, n: usize) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for i in 0..n.max(2) {
+        let base = &bases[i % bases.len()];
+        let body = json!({"username": format!("{prefix}{i}"), "password": "password123"});
+        post(http, format!("{base}/api/v1/accounts"), None, body.clone()).await;
+        let s = post(http, format!("{base}/api/v1/sessions"), None, body).await;
+        tokens.push(s["token"].as_str().expect("token").to_owned());
+    }
+    for i in (0..tokens.len() - 1).step_by(2) {
+        let base = &bases[i % bases.len()];
+        let url = format!("{base}/api/v1/friend-requests");
+        post(http, url.clone(), Some(&tokens[i]), json!({"to": format!("{prefix}{}", i + 1)})).await;
+        post(http, url, Some(&tokens[i + 1]), json!({"to": format!("{prefix}{i}")})).await;
+    }
+    tokens
+}
+
+/// What one load phase measured.
+#[derive(Default)]
+pub struct Outcome {
+    /// Acknowledged send latencies, sorted.
+    pub latency: Vec<Duration>,
+    /// (request start, ack) of every acknowledged send.
+    pub acks: Vec<(Instant, Instant)>,
+    /// Failed sends.
+    pub errors: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Send-to-stream delivery latencies, sorted (when receivers ran).
+    pub delivery: Vec<Duration>,
+}
+
+impl Outcome {
+    /// The JSON figures of this phase.
+    pub fn json(&self) -> Value {
+        let l = &self.latency;
+        let mut out = json!({
+            "acked": l.len(),
+            "errors": self.errors,
+            "acked_per_sec": l.len() as f64 / self.seconds,
+            "send_latency_ms": {"p50": pct(l, 0.5), "p99": pct(l, 0.99), "p999": pct(l, 0.999)},
+        });
+        if !self.delivery.is_empty() {
+            let d = &self.delivery;
+            out["delivery_latency_ms"] = json!({"n": d.len(), "p50": pct(d, 0.5), "p99": pct(d, 0.99)});
+        }
+        out
+    }
+}
+
+/// One load phase.
+#[derive(Clone, Copy)]
+pub struct Load {
+    /// Concurrent senders.
+    pub senders: usize,
+    /// How long.
+    pub seconds: f64,
+    /// Total msg/s (paced), or as fast as acks come back.
+    pub rate: Option<f64>,
+    /// Time delivery on SSE streams.
+    pub receive: bool,
+}
+
+/// Sender `i` posts to its partner `i ^ 1` through `bases[i % len]` until `until`; paced to
+/// `rate` msg/s in total if given. With `receive`, each partner listens on SSE through the
+/// next node and the delivery of every message is timed.
+pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens: &[String], load: Load) -> Outcome {
+    let Load { senders, seconds, rate, receive } = load;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let delivered: Arc<Mutex<Vec<Duration>>> = Default::default();
+    let mut receivers = Vec::new();
+    if receive {
+        for i in 0..senders {
+            let base = bases[(i + 1) % bases.len()].clone();
+            let (http, token, sent, delivered) = (http.clone(), tokens[i ^ 1].clone(), sent.clone(), delivered.clone());
+            let resp = http.get(format!("{base}/api/v1/events")).bearer_auth(&token).send().await.expect("sse");
+            receivers.push(tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut stream = resp.bytes_stream();
+                let mut buf = String::new();
+                while let Some(Ok(chunk)) = stream.next().await {
+                    let now = Instant::now();
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buf.find("\n\n") {
+                        let frame: String = buf.drain(..end + 2).collect();
+                        let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+                        let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                        let Some(id) = ev["message"]["client_msg_id"].as_str() else { continue };
+                        if let Some(t) = sent.lock().unwrap().remove(id) {
+                            delivered.lock().unwrap().push(now - t);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let per_sender = rate.map(|r| Duration::from_secs_f64(senders as f64 / r));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..senders {
+        let (http, base, token, errors, sent) =
+            (http.clone(), bases[i % bases.len()].clone(), tokens[i].clone(), errors.clone(), sent.clone());
+        let partner = format!("{prefix}{}", i ^ 1);
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            // Stagger the senders evenly over one period: an open-loop, evenly spaced load.
+            let mut next = Instant::now() + per_sender.map_or(Duration::ZERO, |g| g * i as u32 / senders as u32);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if let Some(gap) = per_sender {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += gap;
+                }
+                n += 1;
+                let id = format!("{i}-{n}-{}", start.elapsed().as_nanos());
+                let t = Instant::now();
+                sent.lock().unwrap().insert(id.clone(), t);
+                let r = http
+                    .post(format!("{base}/api/v1/dms/{partner}/messages"))
+                    .bearer_auth(&token)
+                    .json(&json!({"text": format!("bench message {n} from {i}"), "client_msg_id": id}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let _ = r.bytes().await;
+                        acks.push((t, Instant::now()));
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            acks
+        }));
+    }
+    let mut out = Outcome::default();
+    for t in tasks {
+        out.acks.extend(t.await.expect("sender"));
+    }
+    out.seconds = start.elapsed().as_secs_f64();
+    if receive {
+        // Let the last deliveries arrive.
+        let settle = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < settle && !sent.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for r in receivers {
+            r.abort();
+        }
+        out.delivery = std::mem::take(&mut *delivered.lock().unwrap());
+        out.delivery.sort();
+    }
+    out.latency = out.acks.iter().map(|(s, a)| *a - *s).collect();
+    out.latency.sort();
+    out.errors = errors.load(Ordering::Relaxed);
+    out
+}
