@@ -53,21 +53,7 @@ fn replicated(c: &LocalCluster) -> Option<(usize, Vec<(usize, ClusterView)>)> {
 }
 
 fn wait_replicated(c: &LocalCluster, timeout: Duration) -> (usize, Vec<(usize, ClusterView)>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(r) = replicated(c) {
-            return r;
-        }
-        if Instant::now() > deadline {
-            for (i, n) in c.nodes.iter().enumerate() {
-                if let Some(n) = n {
-                    eprintln!("--- node {i} log:\n{}", n.log_lines().join("\n"));
-                }
-            }
-            panic!("replication did not settle: {:#?}", c.views());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_until("replication to settle", timeout, replicated)
 }
 
 fn storage_indices(views: &[(usize, ClusterView)]) -> Vec<usize> {

@@ -311,10 +311,15 @@ impl LocalCluster {
 
     /// Waits for [`LocalCluster::settled`]; panics with every node's log after `timeout`.
     pub fn wait_settled(&self, timeout: Duration) -> (String, u64) {
+        self.wait_until("the cluster to settle", timeout, LocalCluster::settled)
+    }
+
+    /// Polls `f` until it gives a value; after `timeout` prints every node's log and panics.
+    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Self) -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.settled() {
-                return s;
+            if let Some(v) = f(self) {
+                return v;
             }
             if Instant::now() > deadline {
                 for (i, n) in self.nodes.iter().enumerate() {
@@ -322,7 +327,7 @@ impl LocalCluster {
                         eprintln!("--- node {i} log:\n{}", n.log_lines().join("\n"));
                     }
                 }
-                panic!("cluster did not settle: {:#?}", self.views());
+                panic!("timed out waiting for {what}: {:#?}", self.views());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
