@@ -112,9 +112,11 @@ enum Op {
     Read { query: Query, min_index: u64 },
 }
 
-enum Answer {
+/// What the leader answers: a batch's results and its log index, or a query's CBOR.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Answer {
     Written(BatchResult, u64),
-    Read(Vec<u8>),
+    Read(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// One try at the leader.
@@ -244,7 +246,7 @@ impl Replica {
 
     /// Whether this node is in the Raft membership (holds the log).
     pub fn is_member(&self) -> bool {
-        self.inner.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+        is_member(&self.inner.raft.metrics().borrow())
     }
 
     /// The Raft leader as this node knows it.
@@ -360,10 +362,8 @@ impl Replica {
             }
             Err(_) => return Attempt::Fail("the storage leader did not confirm the write in time (no quorum?)".into()),
         };
-        let routed = match raft_net::decode::<Response>(&bytes) {
-            Ok(Response::Forward(r)) => r.map(|(result, index)| Answer::Written(result, index)),
-            Ok(Response::Query(r)) => r.map(|b| Answer::Read(b.into_vec())),
-            _ => return Attempt::Fail("unexpected answer from the storage leader".into()),
+        let Ok(Response::Routed(routed)) = raft_net::decode::<Response>(&bytes) else {
+            return Attempt::Fail("unexpected answer from the storage leader".into());
         };
         match routed {
             Routed::Done(a) => Attempt::Done(a),
@@ -382,6 +382,10 @@ impl Replica {
     }
 }
 
+fn is_member(m: &openraft::RaftMetrics<u64, crate::storage::raft::RaftNode>) -> bool {
+    m.membership_config.membership().nodes().next().is_some()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -394,8 +398,7 @@ async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
         {
             let m = rx.borrow_and_update();
             leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
-            let member = m.membership_config.membership().nodes().next().is_some();
-            replica.inner.cluster.raft_member.store(member, Ordering::Relaxed);
+            replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
         }
         if rx.changed().await.is_err() {
             return;

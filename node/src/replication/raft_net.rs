@@ -9,9 +9,9 @@
 // The error types are openraft's (its network traits return them by value).
 #![allow(clippy::result_large_err)]
 
-use super::{Op, Replica};
+use super::{Answer, Op, Replica};
 use crate::overlay::{Client, RaftInbound};
-use crate::storage::raft::{Batch, BatchResult, RaftNode, TypeConfig};
+use crate::storage::raft::{Batch, RaftNode, TypeConfig};
 use crate::storage::read::Query;
 use chorus_protocol::api::RaftView;
 use libp2p::PeerId;
@@ -53,8 +53,8 @@ pub(crate) enum Response {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    Forward(Routed<(BatchResult, u64)>),
-    Query(Routed<serde_bytes::ByteBuf>),
+    /// The answer to a `Forward` or a `Query`.
+    Routed(Routed<Answer>),
     Status(Box<RaftView>),
 }
 
@@ -66,16 +66,6 @@ pub(crate) enum Routed<T> {
     NotLeader(Option<String>),
     /// Refused or failed (no quorum, storage error).
     Failed(String),
-}
-
-impl<T> Routed<T> {
-    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
-        match self {
-            Routed::Done(t) => Routed::Done(f(t)),
-            Routed::NotLeader(h) => Routed::NotLeader(h),
-            Routed::Failed(e) => Routed::Failed(e),
-        }
-    }
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetworkError> {
@@ -186,17 +176,9 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::Receiver<RaftInbound>) {
                 Request::Append(r) => Response::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
                 Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
-                Request::Forward(batch) => {
-                    Response::Forward(replica.serve_op(Op::Write(batch)).await.map(|a| match a {
-                        super::Answer::Written(result, index) => (result, index),
-                        super::Answer::Read(_) => (BatchResult::default(), 0),
-                    }))
-                }
+                Request::Forward(batch) => Response::Routed(replica.serve_op(Op::Write(batch)).await),
                 Request::Query { query, min_index } => {
-                    Response::Query(replica.serve_op(Op::Read { query, min_index }).await.map(|a| match a {
-                        super::Answer::Read(b) => serde_bytes::ByteBuf::from(b),
-                        super::Answer::Written(..) => serde_bytes::ByteBuf::new(),
-                    }))
+                    Response::Routed(replica.serve_op(Op::Read { query, min_index }).await)
                 }
                 Request::Status => Response::Status(Box::new(replica.status())),
             };
