@@ -175,6 +175,25 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
     let h = history(node(3), &bob, &chat).await;
     assert_eq!(h.last().unwrap()["text"], "hi all");
 
+    // Logging out on one node ends the session on every node, well before the other nodes'
+    // session caches (which have just served this token) would expire it.
+    for i in 0..5 {
+        assert_eq!(node(i).get("/api/v1/me", &carol).await["username"], "carol");
+    }
+    let (s, _) = node(0).call(reqwest::Method::DELETE, "/api/v1/sessions", Some(&carol), None).await;
+    assert!(s.is_success(), "logout: {s}");
+    let revoked_at = Instant::now();
+    for i in 0..5 {
+        loop {
+            let (s, _) = node(i).call(reqwest::Method::GET, "/api/v1/me", Some(&carol), None).await;
+            if s == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(revoked_at.elapsed() < Duration::from_secs(3), "node {i} still accepts a revoked token");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // Input-only nodes keep no user data.
     let (_, views) = wait_replicated(&c, SETTLE);
     for (i, v) in &views {

@@ -18,7 +18,7 @@ use crate::election::driver::{self, ClusterState, DriverConfig};
 use crate::overlay::identity;
 use crate::overlay::{self, OverlayConfig, OverlayError};
 use crate::replication::{Log, Replica, StartError};
-use crate::service::{Hub, Service};
+use crate::service::{Hub, Service, SessionCache};
 use crate::storage::{StorageError, Store};
 use chorus_protocol::api::{ClusterView, ElectionStats, MemberView, NodeView};
 use std::future::Future;
@@ -135,11 +135,13 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     );
 
     let hub = Arc::new(Hub::default());
+    let sessions = Arc::new(SessionCache::default());
     let metrics = Arc::new(Metrics::default());
     let on_apply: crate::storage::raft::OnApply = {
-        let (hub, metrics) = (hub.clone(), metrics.clone());
+        let (hub, metrics, sessions) = (hub.clone(), metrics.clone(), sessions.clone());
         Arc::new(move |out: &crate::storage::ApplyOutput| {
             hub.notify(&out.notices);
+            sessions.revoke(&out.revoked_sessions);
             metrics.messages.inc_by(out.messages);
             metrics.batches.inc();
         })
@@ -170,9 +172,9 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
     let log = Log::start(replica.clone());
-    let service = Service::new(replica.clone(), log, hub.clone(), config.service());
+    let service = Service::new(replica.clone(), log, hub.clone(), sessions.clone(), config.service());
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(1024);
-    let listener_task = tokio::spawn(wake_streams(hub.clone(), notice_rx));
+    let listener_task = tokio::spawn(apply_notices(hub.clone(), sessions, notice_rx));
     let driver_cfg = DriverConfig {
         heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(50)),
         timeout: std::time::Duration::from_millis(config.election_timeout_ms.max(200)),
@@ -230,11 +232,13 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     Ok(())
 }
 
-/// Wakes local event streams on notices gossiped by the storage leader.
-async fn wake_streams(hub: Arc<Hub>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+/// Acts on notices gossiped by the storage leader: wakes local event streams, forgets
+/// revoked sessions.
+async fn apply_notices(hub: Arc<Hub>, sessions: Arc<SessionCache>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
     while let Some(data) = rx.recv().await {
         match serde_json::from_slice::<chorus_protocol::cluster::EventNotices>(&data) {
             Ok(n) => {
+                sessions.revoke(&n.revoked_sessions);
                 let notices: Vec<crate::storage::Notice> =
                     n.users.into_iter().map(|(user, seq)| crate::storage::Notice { user, seq }).collect();
                 hub.notify(&notices);

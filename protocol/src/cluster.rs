@@ -103,6 +103,9 @@ pub struct SignedAssignment {
 pub struct EventNotices {
     /// (username, newest event seq).
     pub users: Vec<(String, u64)>,
+    /// Sessions just deleted (token hashes): nodes drop them from their session caches.
+    #[serde(default)]
+    pub revoked_sessions: Vec<String>,
 }
 
 /// Messages on [`CONTROL_TOPIC`].

@@ -45,7 +45,8 @@ async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
     let metrics = Arc::new(metrics::Metrics::default());
     let h = hub.clone();
     let peer = RaftPeer::solo(Arc::new(move |out| h.notify(&out.notices))).await;
-    let service = Service::new(peer.replica.clone(), Log::start(peer.replica.clone()), hub, config);
+    let sessions = Arc::new(crate::service::SessionCache::default());
+    let service = Service::new(peer.replica.clone(), Log::start(peer.replica.clone()), hub, sessions, config);
     let state = AppState { service, limits: Arc::new(limits::Limits::new(limits)), metrics, cluster: Arc::new(Fixed) };
     App { router: router(state), _peer: peer }
 }

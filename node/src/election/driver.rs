@@ -53,6 +53,8 @@ pub struct ClusterState {
     pub ignored_stale: AtomicU64,
     /// Set by replication: this node belongs to the replicated log (announced in presence).
     pub raft_member: std::sync::atomic::AtomicBool,
+    /// The last peer whose connections all closed (replication reacts if it was the leader).
+    pub peer_down: tokio::sync::watch::Sender<Option<PeerId>>,
 }
 
 /// A snapshot of what this node knows.
@@ -203,6 +205,7 @@ impl Driver {
             }
             Event::PeerDown(p) => {
                 self.connected.remove(&p);
+                self.state.peer_down.send_replace(Some(p));
                 self.machine.handle(Input::Membership(self.ring()));
                 if self.coordinator == Some(p) {
                     tracing::info!(coordinator = %p, "coordinator left; starting an election");

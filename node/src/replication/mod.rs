@@ -154,12 +154,13 @@ impl Replica {
         };
         let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
         let leader = Arc::new(AtomicBool::new(false));
-        let (notice_tx, notice_rx) = mpsc::channel::<Vec<crate::storage::Notice>>(1024);
+        let (notice_tx, notice_rx) = mpsc::channel::<EventNotices>(1024);
         let is_leader = leader.clone();
         let apply: OnApply = Arc::new(move |out| {
             on_apply(out);
-            if is_leader.load(Ordering::Relaxed) && !out.notices.is_empty() {
-                let _ = notice_tx.try_send(out.notices.clone());
+            if is_leader.load(Ordering::Relaxed) && !(out.notices.is_empty() && out.revoked_sessions.is_empty()) {
+                let users = out.notices.iter().map(|n| (n.user.clone(), n.seq)).collect();
+                let _ = notice_tx.try_send(EventNotices { users, revoked_sessions: out.revoked_sessions.clone() });
             }
         });
         let sm = StateStore::new(store.clone(), Some(apply));
@@ -189,6 +190,7 @@ impl Replica {
             tokio::spawn(watch_state(replica.clone(), leader)),
             tokio::spawn(publish_notices(client, notice_rx)),
             tokio::spawn(membership::run(replica.clone())),
+            tokio::spawn(elect_on_leader_loss(replica.clone())),
         ];
         *lock(&replica.inner.tasks) = tasks;
         Ok(replica)
@@ -406,24 +408,72 @@ async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
     }
 }
 
+/// A voter whose leader's connection closed (killed, crashed, restarted) calls an election at
+/// once instead of waiting out the election timeout: the write pause after a leader dies is
+/// then an election round, not a timeout. A frozen or partitioned leader keeps its connection
+/// and is still found by the timeout.
+async fn elect_on_leader_loss(replica: Replica) {
+    let mut down = replica.inner.cluster.peer_down.subscribe();
+    while down.changed().await.is_ok() {
+        let Some(peer) = *down.borrow_and_update() else { continue };
+        let (leader, voters) = {
+            let m = replica.inner.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.membership_config.membership().voter_ids().collect::<Vec<u64>>())
+        };
+        let Some(leader) = leader.filter(|l| replica.peer_of(*l) == Some(peer) && *l != replica.inner.id) else {
+            continue;
+        };
+        // The lowest surviving voter goes first; the others give it a head start, so two
+        // candidates do not split the vote.
+        let first = voters.iter().filter(|v| **v != leader).min() == Some(&replica.inner.id);
+        if !voters.contains(&replica.inner.id) {
+            continue;
+        }
+        if !first {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if replica.inner.raft.metrics().borrow().current_leader != Some(leader) {
+                continue; // someone took over
+            }
+        }
+        tracing::info!(%peer, "the Raft leader's connection closed; calling an election");
+        if let Err(e) = replica.inner.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "cannot start an election");
+        }
+    }
+}
+
+/// How long the publisher waits for more notices before it sends: one gossip message then
+/// covers many log entries.
+const NOTICE_LINGER: Duration = Duration::from_millis(5);
+
 /// Publishes the leader's event notices, coalesced: the newest seq per user, one gossip
 /// message per 2,000 users.
-async fn publish_notices(client: Client, mut rx: mpsc::Receiver<Vec<crate::storage::Notice>>) {
+async fn publish_notices(client: Client, mut rx: mpsc::Receiver<EventNotices>) {
     while let Some(first) = rx.recv().await {
+        tokio::time::sleep(NOTICE_LINGER).await;
         let mut latest: HashMap<String, u64> = HashMap::new();
-        let mut add = |ns: Vec<crate::storage::Notice>| {
-            for n in ns {
-                let e = latest.entry(n.user).or_default();
-                *e = (*e).max(n.seq);
+        let mut revoked = Vec::new();
+        let mut add = |n: EventNotices| {
+            for (user, seq) in n.users {
+                let e = latest.entry(user).or_default();
+                *e = (*e).max(seq);
             }
+            revoked.extend(n.revoked_sessions);
         };
         add(first);
         while let Ok(more) = rx.try_recv() {
             add(more);
         }
         let users: Vec<(String, u64)> = latest.into_iter().collect();
-        for chunk in users.chunks(2000) {
-            let Ok(data) = serde_json::to_vec(&EventNotices { users: chunk.to_vec() }) else { continue };
+        let mut chunks: Vec<EventNotices> =
+            users.chunks(2000).map(|c| EventNotices { users: c.to_vec(), revoked_sessions: Vec::new() }).collect();
+        match chunks.first_mut() {
+            Some(first) => first.revoked_sessions = revoked,
+            None => chunks.push(EventNotices { users: Vec::new(), revoked_sessions: revoked }),
+        }
+        for notice in chunks {
+            let Ok(data) = serde_json::to_vec(&notice) else { continue };
             if let Err(e) = client.publish(EVENTS_TOPIC, data).await {
                 tracing::trace!(error = %e, "event notice not published (no subscribers yet?)");
             }

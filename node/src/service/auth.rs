@@ -23,6 +23,46 @@ pub(crate) fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("chorus-no-such-user").unwrap_or_default())
 }
 
+/// Sessions this node looked up recently, so a request does not cost a read at the storage
+/// leader. An entry lives at most [`SessionCache::TTL`]; a deleted session is dropped at once
+/// when the leader's apply notice arrives (gossip), and after the TTL if that notice is lost.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (crate::storage::records::SessionRec, std::time::Instant)>>,
+}
+
+impl SessionCache {
+    /// Longest a cached session is trusted without asking storage again.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Entries kept before the cache is cleared (bounds memory under token churn).
+    const MAX: usize = 100_000;
+
+    pub(crate) fn get(&self, token_hash: &str) -> Option<crate::storage::records::SessionRec> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(token_hash).filter(|(_, at)| at.elapsed() < Self::TTL).map(|(s, _)| s.clone())
+    }
+
+    pub(crate) fn put(&self, token_hash: String, session: crate::storage::records::SessionRec) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(token_hash, (session, std::time::Instant::now()));
+    }
+
+    /// Drops deleted sessions.
+    pub fn revoke(&self, token_hashes: &[String]) {
+        if token_hashes.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for h in token_hashes {
+            entries.remove(h);
+        }
+    }
+}
+
 /// A fresh bearer token: 32 random bytes, hex.
 pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];

@@ -13,6 +13,7 @@ mod events;
 mod files;
 mod hub;
 
+pub use auth::SessionCache;
 pub use events::EVENTS_LIMIT_MAX;
 pub use files::CHUNK_SIZE;
 pub use hub::Hub;
@@ -100,6 +101,7 @@ struct Inner {
     replica: Replica,
     log: Log,
     hub: Arc<Hub>,
+    sessions: Arc<SessionCache>,
     config: ServiceConfig,
     uploads: tokio::sync::Semaphore,
     /// argon2 runs at most this many at once: it is CPU-bound (more gains nothing) and each run
@@ -117,11 +119,12 @@ fn fresh_id() -> String {
 }
 
 impl Service {
-    /// A service reading through `replica`, writing through `log`, waking streams through `hub`.
-    pub fn new(replica: Replica, log: Log, hub: Arc<Hub>, config: ServiceConfig) -> Self {
+    /// A service reading through `replica`, writing through `log`, waking streams through `hub`,
+    /// remembering sessions in `sessions` (which the node clears of revoked ones).
+    pub fn new(replica: Replica, log: Log, hub: Arc<Hub>, sessions: Arc<SessionCache>, config: ServiceConfig) -> Self {
         let uploads = tokio::sync::Semaphore::new(files::CONCURRENT_UPLOADS);
         let argon2 = tokio::sync::Semaphore::new(2);
-        Self { inner: Arc::new(Inner { replica, log, hub, config, uploads, argon2 }) }
+        Self { inner: Arc::new(Inner { replica, log, hub, sessions, config, uploads, argon2 }) }
     }
 
     /// The settings in force.
@@ -203,6 +206,7 @@ impl Service {
     /// Ends the caller's session.
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
         self.submit(Command::DeleteSession { token_hash: caller.token_hash.clone() }).await?;
+        self.inner.sessions.revoke(std::slice::from_ref(&caller.token_hash));
         Ok(())
     }
 
@@ -212,7 +216,16 @@ impl Service {
             return Err(ServiceError::Unauthorized("invalid or expired token"));
         }
         let token_hash = auth::token_hash(token);
-        let session: Option<SessionRec> = self.read(Query::Session(token_hash.clone())).await?;
+        let session = match self.inner.sessions.get(&token_hash) {
+            Some(s) => Some(s),
+            None => {
+                let s: Option<SessionRec> = self.read(Query::Session(token_hash.clone())).await?;
+                if let Some(s) = &s {
+                    self.inner.sessions.put(token_hash.clone(), s.clone());
+                }
+                s
+            }
+        };
         match session {
             Some(s) if s.expires_at > now_ms() => Ok(Caller { username: s.username, token_hash }),
             _ => Err(ServiceError::Unauthorized("invalid or expired token")),

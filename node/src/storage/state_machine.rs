@@ -33,6 +33,8 @@ pub struct ApplyOutput {
     pub notices: Vec<Notice>,
     /// Messages appended (for metrics).
     pub messages: u64,
+    /// Sessions deleted (token hashes): caches of them must go.
+    pub revoked_sessions: Vec<String>,
 }
 
 /// The `extra` row that records the local log's applied index.
@@ -72,6 +74,9 @@ impl<'a> StateMachine<'a> {
                 Ok(applied) => {
                     if matches!(applied, Applied::MessageSent { .. }) && is_new_message(command, &tx) {
                         out.messages += 1;
+                    }
+                    if let Command::DeleteSession { token_hash } = command {
+                        out.revoked_sessions.push(token_hash.clone());
                     }
                     let staged = std::mem::take(&mut tx.cmd);
                     tx.batch.extend(staged);
