@@ -172,7 +172,7 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
     let log = Log::start(replica.clone());
-    let service = Service::new(replica.clone(), log, hub.clone(), sessions.clone(), config.service());
+    let service = Service::new(log, hub.clone(), sessions.clone(), config.service());
     let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(1024);
     let listener_task = tokio::spawn(apply_notices(hub.clone(), sessions, notice_rx));
     let driver_cfg = DriverConfig {

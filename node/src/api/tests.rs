@@ -46,7 +46,7 @@ async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
     let h = hub.clone();
     let peer = RaftPeer::solo(Arc::new(move |out| h.notify(&out.notices))).await;
     let sessions = Arc::new(crate::service::SessionCache::default());
-    let service = Service::new(peer.replica.clone(), Log::start(peer.replica.clone()), hub, sessions, config);
+    let service = Service::new(Log::start(peer.replica.clone()), hub, sessions, config);
     let state = AppState { service, limits: Arc::new(limits::Limits::new(limits)), metrics, cluster: Arc::new(Fixed) };
     App { router: router(state), _peer: peer }
 }

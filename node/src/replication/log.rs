@@ -1,6 +1,7 @@
-//! Group commit in front of the replicated log: commands that arrive together share one log
-//! entry, so one fsync (on each storage peer) serves many writers. Several batches are in
-//! flight at once; while they are, new commands pile up into the next, bigger batch.
+//! Batching in front of the replicated log. Writes: commands that arrive together share one
+//! log entry, so one fsync (on each storage peer) serves many writers (group commit). Reads:
+//! queries that arrive together share one round trip to the leader. Several batches are in
+//! flight at once; while they are, new items pile up into the next, bigger batch.
 //!
 //! ```text
 //! submit(Command) --> [bounded mpsc] --> batcher --(permit, drain <= MAX_BATCH)--> task: Replica::write
@@ -10,30 +11,106 @@
 
 use super::{Replica, SubmitError};
 use crate::storage::raft::Batch;
+use crate::storage::read::Query;
 use chorus_protocol::{Applied, Command, CommandError};
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Most commands in one batch (one log entry).
+/// Most items in one batch (one log entry, or one read round trip).
 const MAX_BATCH: usize = 1024;
-/// Most payload bytes in one batch (file chunks are large; entries travel in 64 MiB frames).
+/// Most payload bytes in one write batch (file chunks are large; entries travel in 64 MiB frames).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Commands waiting for the batcher before `submit` pushes back.
+/// Items waiting for a batcher before `submit` pushes back.
 const QUEUE: usize = 8192;
-/// Batches being committed at once.
+/// Batches being committed at once, per batcher.
 const IN_FLIGHT: usize = 4;
 
 type Outcome = Result<Result<Applied, CommandError>, SubmitError>;
 
-struct Pending {
-    command: Command,
-    reply: oneshot::Sender<Outcome>,
+struct Pending<I, O> {
+    item: I,
+    reply: oneshot::Sender<Result<O, SubmitError>>,
 }
 
-/// Handle to submit commands. Cheap to clone.
+/// Groups items submitted together into one batch; `IN_FLIGHT` batches run at once, and while
+/// they do, new items pile up into the next, bigger batch.
+struct Batcher<I, O> {
+    tx: mpsc::Sender<Pending<I, O>>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone() }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the task; `commit` answers a batch with one output per item, in order.
+    fn start<F, Fut>(weight: fn(&I) -> usize, commit: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, SubmitError>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, weight, commit));
+        Self { tx }
+    }
+
+    async fn submit(&self, item: I) -> Result<O, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Pending { item, reply }).await.map_err(|_| SubmitError::Unavailable("shutting down".into()))?;
+        rx.await.map_err(|_| SubmitError::Unavailable("the batcher stopped".into()))?
+    }
+}
+
+async fn run<I, O, F, Fut>(mut rx: mpsc::Receiver<Pending<I, O>>, weight: fn(&I) -> usize, commit: F)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Vec<I>) -> Fut,
+    Fut: Future<Output = Result<Vec<O>, SubmitError>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        // Drain after getting the permit: while every permit is busy, items accumulate.
+        let (mut items, mut replies) = (Vec::new(), Vec::new());
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            bytes += weight(&p.item);
+            items.push(p.item);
+            replies.push(p.reply);
+            if items.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let done = commit(items);
+        tokio::spawn(async move {
+            match done.await {
+                Ok(outputs) => {
+                    for (reply, out) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, n = replies.len(), "batch failed; nothing in it was acknowledged");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The node's door to the replicated log: batched writes and batched reads. Cheap to clone.
 #[derive(Clone)]
 pub struct Log {
-    tx: mpsc::Sender<Pending>,
+    writes: Batcher<Command, Result<Applied, CommandError>>,
+    reads: Batcher<Query, Result<Vec<u8>, String>>,
 }
 
 impl std::fmt::Debug for Log {
@@ -43,11 +120,21 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Starts the batcher task. It ends when every [`Log`] handle is dropped.
+    /// Starts the write and read batchers. They end when every [`Log`] handle is dropped.
     pub fn start(replica: Replica) -> Log {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(batcher(replica, rx));
-        Log { tx }
+        let r = replica.clone();
+        let writes = Batcher::start(weight, move |commands| {
+            let r = r.clone();
+            async move { Ok(r.write(Batch(commands)).await?.0) }
+        });
+        let reads = Batcher::start(
+            |_| 1,
+            move |queries| {
+                let r = replica.clone();
+                async move { r.read(queries).await }
+            },
+        );
+        Log { writes, reads }
     }
 
     /// Submits one command and waits until a majority holds it and the leader applied it.
@@ -55,12 +142,14 @@ impl Log {
     /// `Ok(Err(_))` is a deterministic refusal (nothing changed); `Err(_)` means nothing was
     /// acknowledged (the command may or may not commit later).
     pub async fn submit(&self, command: Command) -> Outcome {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| SubmitError::Unavailable("the log is shut down".into()))?;
-        rx.await.map_err(|_| SubmitError::Unavailable("the batcher stopped".into()))?
+        self.writes.submit(command).await
+    }
+
+    /// Reads from the leader (after it applied this node's acknowledged writes). `T` is the
+    /// answer type [`Query`] documents for the variant.
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T, SubmitError> {
+        let bytes = self.reads.submit(query).await?.map_err(SubmitError::Unavailable)?;
+        cbor4ii::serde::from_slice(&bytes).map_err(|e| SubmitError::Unavailable(format!("undecodable answer: {e}")))
     }
 }
 
@@ -69,41 +158,4 @@ fn weight(c: &Command) -> usize {
         Command::PutFileChunk { data, .. } => data.len(),
         _ => 256,
     }
-}
-
-async fn batcher(replica: Replica, mut rx: mpsc::Receiver<Pending>) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        // Drain after getting the permit: while every permit is busy, commands accumulate.
-        let (mut commands, mut replies) = (Vec::new(), Vec::new());
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(p) = next.take() {
-            bytes += weight(&p.command);
-            commands.push(p.command);
-            replies.push(p.reply);
-            if commands.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        let replica = replica.clone();
-        tokio::spawn(async move {
-            match replica.write(Batch(commands)).await {
-                Ok(result) => {
-                    for (reply, r) in replies.into_iter().zip(result.0) {
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, n = replies.len(), "batch not committed; nothing in it was acknowledged");
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
-            drop(permit);
-        });
-    }
-    tracing::debug!("batcher stopped: every log handle dropped");
 }

@@ -109,14 +109,15 @@ impl std::fmt::Debug for Replica {
 /// An operation routed to the leader.
 enum Op {
     Write(Batch),
-    Read { query: Query, min_index: u64 },
+    Read { queries: Vec<Query>, min_index: u64 },
 }
 
 /// What the leader answers: a batch's results and its log index, or a query's CBOR.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Answer {
     Written(BatchResult, u64),
-    Read(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// One answer (CBOR) or error per query, in order.
+    Read(Vec<Result<serde_bytes::ByteBuf, String>>),
 }
 
 /// One try at the leader.
@@ -227,12 +228,12 @@ impl Replica {
         }
     }
 
-    /// Runs `query` on the leader once it applied this node's acknowledged writes.
-    pub async fn read<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T, SubmitError> {
+    /// Runs `queries` on the leader once it applied this node's acknowledged writes; one CBOR
+    /// answer (or storage error) per query.
+    pub async fn read(&self, queries: Vec<Query>) -> Result<Vec<Result<Vec<u8>, String>>, SubmitError> {
         let min_index = self.inner.acked.load(Ordering::Relaxed);
-        match self.route(Op::Read { query, min_index }).await? {
-            Answer::Read(bytes) => cbor4ii::serde::from_slice(&bytes)
-                .map_err(|e| SubmitError::Unavailable(format!("undecodable answer: {e}"))),
+        match self.route(Op::Read { queries, min_index }).await? {
+            Answer::Read(answers) => Ok(answers.into_iter().map(|a| a.map(|b| b.into_vec())).collect()),
             Answer::Written(..) => Err(SubmitError::Unavailable("mismatched answer".into())),
         }
     }
@@ -325,17 +326,22 @@ impl Replica {
                     Ok(Err(e)) => Attempt::Fail(e.to_string()),
                 }
             }
-            Op::Read { query, min_index } => {
+            Op::Read { queries, min_index } => {
                 if *min_index > 0 {
                     let wait = raft.wait(Some(remaining));
                     if wait.applied_index_at_least(Some(*min_index), "read-your-writes").await.is_err() {
                         return Attempt::Fail("the leader has not applied this node's last write in time".into());
                     }
                 }
-                let (store, query) = (self.inner.store.clone(), query.clone());
-                match tokio::task::spawn_blocking(move || query.run(&store)).await {
-                    Ok(Ok(bytes)) => Attempt::Done(Answer::Read(bytes)),
-                    Ok(Err(e)) => Attempt::Fail(e.to_string()),
+                let (store, queries) = (self.inner.store.clone(), queries.clone());
+                let run = move || {
+                    queries
+                        .iter()
+                        .map(|q| q.run(&store).map(serde_bytes::ByteBuf::from).map_err(|e| e.to_string()))
+                        .collect()
+                };
+                match tokio::task::spawn_blocking(run).await {
+                    Ok(answers) => Attempt::Done(Answer::Read(answers)),
                     Err(e) => Attempt::Fail(e.to_string()),
                 }
             }
@@ -346,7 +352,9 @@ impl Replica {
     async fn remote(&self, peer: PeerId, op: &Op, remaining: Duration) -> Attempt {
         let (req, write) = match op {
             Op::Write(b) => (Request::Forward(b.clone()), true),
-            Op::Read { query, min_index } => (Request::Query { query: query.clone(), min_index: *min_index }, false),
+            Op::Read { queries, min_index } => {
+                (Request::Query { queries: queries.clone(), min_index: *min_index }, false)
+            }
         };
         let Ok(data) = raft_net::encode(&req) else { return Attempt::Fail("cannot encode the request".into()) };
         let reply = tokio::time::timeout(remaining, self.inner.client.raft_request(peer, data)).await;

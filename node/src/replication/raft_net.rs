@@ -39,9 +39,9 @@ pub(crate) enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// Commit this batch (sent to the leader by any node).
     Forward(Batch),
-    /// Answer this read once `min_index` is applied.
+    /// Answer these reads once `min_index` is applied.
     Query {
-        query: Query,
+        queries: Vec<Query>,
         min_index: u64,
     },
     /// The leader's view of the log.
@@ -177,8 +177,8 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::Receiver<RaftInbound>) {
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
                 Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
                 Request::Forward(batch) => Response::Routed(replica.serve_op(Op::Write(batch)).await),
-                Request::Query { query, min_index } => {
-                    Response::Routed(replica.serve_op(Op::Read { query, min_index }).await)
+                Request::Query { queries, min_index } => {
+                    Response::Routed(replica.serve_op(Op::Read { queries, min_index }).await)
                 }
                 Request::Status => Response::Status(Box::new(replica.status())),
             };

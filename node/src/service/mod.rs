@@ -18,7 +18,7 @@ pub use events::EVENTS_LIMIT_MAX;
 pub use files::CHUNK_SIZE;
 pub use hub::Hub;
 
-use crate::replication::{Log, Replica, SubmitError};
+use crate::replication::{Log, SubmitError};
 use crate::storage::read::Query;
 use crate::storage::records::{SessionRec, UserRec};
 use crate::storage::StorageError;
@@ -98,7 +98,6 @@ pub struct Service {
 
 #[derive(Debug)]
 struct Inner {
-    replica: Replica,
     log: Log,
     hub: Arc<Hub>,
     sessions: Arc<SessionCache>,
@@ -119,12 +118,12 @@ fn fresh_id() -> String {
 }
 
 impl Service {
-    /// A service reading through `replica`, writing through `log`, waking streams through `hub`,
+    /// A service reading and writing through `log`, waking streams through `hub`,
     /// remembering sessions in `sessions` (which the node clears of revoked ones).
-    pub fn new(replica: Replica, log: Log, hub: Arc<Hub>, sessions: Arc<SessionCache>, config: ServiceConfig) -> Self {
+    pub fn new(log: Log, hub: Arc<Hub>, sessions: Arc<SessionCache>, config: ServiceConfig) -> Self {
         let uploads = tokio::sync::Semaphore::new(files::CONCURRENT_UPLOADS);
         let argon2 = tokio::sync::Semaphore::new(2);
-        Self { inner: Arc::new(Inner { replica, log, hub, sessions, config, uploads, argon2 }) }
+        Self { inner: Arc::new(Inner { log, hub, sessions, config, uploads, argon2 }) }
     }
 
     /// The settings in force.
@@ -135,7 +134,7 @@ impl Service {
     /// Reads from the replicated state (on the storage leader, seeing this node's writes).
     /// `T` is the answer type [`Query`] documents for the variant.
     async fn read<T: serde::de::DeserializeOwned>(&self, query: Query) -> Result<T> {
-        Ok(self.inner.replica.read(query).await?)
+        Ok(self.inner.log.read(query).await?)
     }
 
     async fn submit(&self, command: Command) -> Result<Applied> {
