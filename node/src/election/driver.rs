@@ -128,7 +128,7 @@ pub async fn run(
     key: Keypair,
     cfg: DriverConfig,
     client: Client,
-    mut events: mpsc::Receiver<Event>,
+    mut events: mpsc::UnboundedReceiver<Event>,
     state: Arc<ClusterState>,
     notices: mpsc::Sender<Vec<u8>>,
 ) {

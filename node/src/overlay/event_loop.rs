@@ -16,14 +16,14 @@ use tokio::sync::{mpsc, oneshot};
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
     bootstrap: Vec<Multiaddr>,
     /// Peers that identified as Chorus nodes (PeerUp sent, PeerDown pending).
     chorus: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<(), OverlayError>>>,
     raft_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, OverlayError>>>,
     raft_in: HashMap<u64, request_response::ResponseChannel<Frame>>,
-    raft_tx: mpsc::Sender<RaftInbound>,
+    raft_tx: mpsc::UnboundedSender<RaftInbound>,
     next_raft_id: u64,
 }
 
@@ -38,8 +38,8 @@ impl EventLoop {
         key: Keypair,
         config: OverlayConfig,
         commands: mpsc::Receiver<Command>,
-        events: mpsc::Sender<Event>,
-        raft_tx: mpsc::Sender<RaftInbound>,
+        events: mpsc::UnboundedSender<Event>,
+        raft_tx: mpsc::UnboundedSender<RaftInbound>,
     ) -> Result<Self, OverlayError> {
         let build = |e: String| OverlayError::Build(e);
         let behaviour = Behaviour::new(&key, &config)?;
@@ -164,10 +164,10 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "overlay listening");
-                let _ = self.events.send(Event::Listening(address)).await;
+                let _ = self.events.send(Event::Listening(address));
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.chorus.remove(&peer_id) => {
-                let _ = self.events.send(Event::PeerDown(peer_id)).await;
+                let _ = self.events.send(Event::PeerDown(peer_id));
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event).await,
             _ => {}
@@ -189,7 +189,7 @@ impl EventLoop {
                     // A new peer knows others: look ourselves up to learn (and dial) them now
                     // rather than at the next periodic bootstrap.
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                    let _ = self.events.send(Event::PeerUp(peer_id)).await;
+                    let _ = self.events.send(Event::PeerUp(peer_id));
                 }
             }
             // Full mesh for small clusters: connect to every peer we learn of.
@@ -219,7 +219,7 @@ impl EventLoop {
                     topic: message.topic.into_string(),
                     data: message.data,
                 };
-                let _ = self.events.send(event).await;
+                let _ = self.events.send(event);
             }
             BehaviourEvent::Election(event) => self.on_election(event).await,
             BehaviourEvent::Raft(event) => self.on_raft(event).await,
@@ -234,7 +234,7 @@ impl EventLoop {
                     let id = self.next_raft_id;
                     self.next_raft_id += 1;
                     self.raft_in.insert(id, channel);
-                    let _ = self.raft_tx.send(RaftInbound { from: peer, id, data: request.0 }).await;
+                    let _ = self.raft_tx.send(RaftInbound { from: peer, id, data: request.0 });
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.raft_out.remove(&request_id) {
@@ -269,7 +269,7 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let _ = self.swarm.behaviour_mut().election.send_response(channel, true);
-                    let _ = self.events.send(Event::Election { from: peer, msg: request }).await;
+                    let _ = self.events.send(Event::Election { from: peer, msg: request });
                 }
                 request_response::Message::Response { request_id, .. } => {
                     if let Some(reply) = self.pending.remove(&request_id) {

@@ -3,7 +3,7 @@
 //! rust-libp2p's file-sharing example.
 //!
 //! ```text
-//! Client --Command--> [bounded mpsc] --> EventLoop (owns Swarm) --Event--> [bounded mpsc] --> driver
+//! Client --Command--> [bounded mpsc] --> EventLoop (owns Swarm) --Event--> [unbounded mpsc] --> driver
 //! ```
 //!
 //! Behaviours: identify (`/chorus/1.0.0`), ping, Kademlia in server mode
@@ -168,13 +168,15 @@ impl Client {
 }
 
 /// What [`new`] returns: the client, the event stream, the Raft request stream, the loop.
-pub type Parts = (Client, mpsc::Receiver<Event>, mpsc::Receiver<RaftInbound>, EventLoop);
+pub type Parts = (Client, mpsc::UnboundedReceiver<Event>, mpsc::UnboundedReceiver<RaftInbound>, EventLoop);
 
 /// Builds the swarm and returns the client, the event streams and the loop to spawn.
 pub fn new(key: Keypair, config: OverlayConfig) -> Result<Parts, OverlayError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let (ev_tx, ev_rx) = mpsc::channel(1024);
-    let (raft_tx, raft_rx) = mpsc::channel(256);
+    // The loop never waits on its consumers: they wait on it (publish, validate, replies), so a
+    // bounded channel here could deadlock a busy node. The consumers keep up by design.
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (raft_tx, raft_rx) = mpsc::unbounded_channel();
     let event_loop = EventLoop::new(key, config, cmd_rx, ev_tx, raft_tx)?;
     Ok((Client { tx: cmd_tx }, ev_rx, raft_rx, event_loop))
 }

@@ -35,7 +35,7 @@ struct Pending<I, O> {
 
 /// Groups items submitted together into one batch; `IN_FLIGHT` batches run at once, and while
 /// they do, new items pile up into the next, bigger batch.
-struct Batcher<I, O> {
+pub(super) struct Batcher<I, O> {
     tx: mpsc::Sender<Pending<I, O>>,
 }
 
@@ -47,7 +47,7 @@ impl<I, O> Clone for Batcher<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the task; `commit` answers a batch with one output per item, in order.
-    fn start<F, Fut>(weight: fn(&I) -> usize, commit: F) -> Self
+    pub(super) fn start<F, Fut>(weight: fn(&I) -> usize, commit: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<O>, SubmitError>> + Send + 'static,
@@ -57,7 +57,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Self { tx }
     }
 
-    async fn submit(&self, item: I) -> Result<O, SubmitError> {
+    pub(super) async fn submit(&self, item: I) -> Result<O, SubmitError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Pending { item, reply }).await.map_err(|_| SubmitError::Unavailable("shutting down".into()))?;
         rx.await.map_err(|_| SubmitError::Unavailable("the batcher stopped".into()))?
@@ -153,9 +153,11 @@ impl Log {
     }
 }
 
-fn weight(c: &Command) -> usize {
+/// A command's share of a batch: its file bytes, or 4 KiB (so a 4 MiB batch holds at most
+/// 1024 commands, also when the leader merges batches).
+pub(super) fn weight(c: &Command) -> usize {
     match c {
         Command::PutFileChunk { data, .. } => data.len(),
-        _ => 256,
+        _ => 4096,
     }
 }

@@ -97,6 +97,8 @@ struct Inner {
     installed: Arc<AtomicU64>,
     /// The leader's last status report (commit index, peers' progress).
     leader_view: Mutex<Option<chorus_protocol::api::RaftView>>,
+    /// On the leader, batches committed together (its own and forwarded ones) share one entry.
+    merger: log::Batcher<Batch, Attempt>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -113,7 +115,7 @@ enum Op {
 }
 
 /// What the leader answers: a batch's results and its log index, or a query's CBOR.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Answer {
     Written(BatchResult, u64),
     /// One answer (CBOR) or error per query, in order.
@@ -121,6 +123,7 @@ pub(crate) enum Answer {
 }
 
 /// One try at the leader.
+#[derive(Clone)]
 enum Attempt {
     Done(Answer),
     /// Not the leader (or none known yet): try again, at the hinted peer if any.
@@ -135,7 +138,7 @@ impl Replica {
         me: PeerId,
         store: Arc<Store>,
         client: Client,
-        inbound: mpsc::Receiver<RaftInbound>,
+        inbound: mpsc::UnboundedReceiver<RaftInbound>,
         cluster: Arc<ClusterState>,
         on_apply: OnApply,
         cfg: ReplicaConfig,
@@ -146,9 +149,9 @@ impl Replica {
             election_timeout_min: 750,
             election_timeout_max: 1500,
             install_snapshot_timeout: 10_000,
-            // Entries are whole batches (up to 4 MiB of file data): keep appends under the
-            // 64 MiB frame limit.
-            max_payload_entries: 8,
+            // Entries are whole batches (up to 1024 commands or 4 MiB of file data): a few per
+            // append keeps each RPC small and quick, far under the 64 MiB frame limit.
+            max_payload_entries: 4,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()
@@ -169,6 +172,16 @@ impl Replica {
         let id = raft_net::node_id(&me);
         let network = raft_net::Network::new(client.clone());
         let raft = Raft::new(id, config, network, LogStore::new(store.clone()), sm).await?;
+        let merger = {
+            let (raft, timeout) = (raft.clone(), cfg.timeout);
+            log::Batcher::start(
+                |b: &Batch| b.0.iter().map(log::weight).sum(),
+                move |batches| {
+                    let raft = raft.clone();
+                    async move { Ok(commit_merged(&raft, batches, timeout).await) }
+                },
+            )
+        };
         let replica = Replica {
             inner: Arc::new(Inner {
                 raft,
@@ -183,6 +196,7 @@ impl Replica {
                 rotate: AtomicUsize::new(0),
                 installed,
                 leader_view: Mutex::new(None),
+                merger,
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -317,13 +331,9 @@ impl Replica {
                         "no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"
                     ));
                 }
-                match tokio::time::timeout(remaining, raft.client_write(batch.clone())).await {
-                    Err(_) => Attempt::Fail("no quorum: the write was not confirmed in time (not acknowledged)".into()),
-                    Ok(Ok(resp)) => Attempt::Done(Answer::Written(resp.data, resp.log_id.index)),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                        Attempt::Retry(f.leader_node.and_then(|n| n.peer_id.parse().ok()))
-                    }
-                    Ok(Err(e)) => Attempt::Fail(e.to_string()),
+                match self.inner.merger.submit(batch.clone()).await {
+                    Ok(attempt) => attempt,
+                    Err(e) => Attempt::Fail(e.to_string()),
                 }
             }
             Op::Read { queries, min_index } => {
@@ -390,6 +400,27 @@ impl Replica {
             Attempt::Fail(e) => Routed::Failed(e),
         }
     }
+}
+
+/// Commits several batches as ONE log entry and hands each its own slice of the results.
+async fn commit_merged(raft: &Raft<TypeConfig>, batches: Vec<Batch>, timeout: Duration) -> Vec<Attempt> {
+    let sizes: Vec<usize> = batches.iter().map(|b| b.0.len()).collect();
+    let merged = Batch(batches.into_iter().flat_map(|b| b.0).collect());
+    let attempt = match tokio::time::timeout(timeout, raft.client_write(merged)).await {
+        Err(_) => Attempt::Fail("no quorum: the write was not confirmed in time (not acknowledged)".into()),
+        Ok(Ok(resp)) => {
+            let (mut results, index) = (resp.data.0.into_iter(), resp.log_id.index);
+            return sizes
+                .iter()
+                .map(|n| Attempt::Done(Answer::Written(BatchResult(results.by_ref().take(*n).collect()), index)))
+                .collect();
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Attempt::Retry(f.leader_node.and_then(|n| n.peer_id.parse().ok()))
+        }
+        Ok(Err(e)) => Attempt::Fail(e.to_string()),
+    };
+    vec![attempt; sizes.len()]
 }
 
 fn is_member(m: &openraft::RaftMetrics<u64, crate::storage::raft::RaftNode>) -> bool {

@@ -24,6 +24,9 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+/// Shortest deadline for any Raft RPC (see `Conn::call`).
+const RPC_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Raft node id of a peer: the first 8 bytes of SHA-256 of its PeerId (stable, since the
 /// PeerId comes from the persistent node key; a wiped node gets a new key, so a new id).
 pub fn node_id(peer: &PeerId) -> u64 {
@@ -113,8 +116,11 @@ impl Conn {
             |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
         let peer = self.peer.ok_or_else(|| unreachable(&std::io::Error::other("node has no PeerId")))?;
         let data = encode(req).map_err(RPCError::Network)?;
-        // A frozen peer keeps its connection open: do not wait past openraft's own deadline.
-        let reply = tokio::time::timeout(option.hard_ttl(), self.client.raft_request(peer, data))
+        // A frozen peer keeps its connection open: do not wait forever. But openraft's deadline
+        // for appends is the heartbeat interval, far too short for a catch-up append of
+        // several MiB on a busy machine (it would time out forever): allow at least RPC_FLOOR.
+        let ttl = option.hard_ttl().max(RPC_FLOOR);
+        let reply = tokio::time::timeout(ttl, self.client.raft_request(peer, data))
             .await
             .map_err(|e| unreachable(&e))?
             .map_err(|e| unreachable(&e))?;
@@ -162,7 +168,7 @@ impl RaftNetwork<TypeConfig> for Conn {
 }
 
 /// Answers peers' requests until the overlay's request stream ends.
-pub async fn serve(replica: Replica, mut inbound: mpsc::Receiver<RaftInbound>) {
+pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftInbound>) {
     while let Some(req) = inbound.recv().await {
         let replica = replica.clone();
         // Each request on its own task: a slow snapshot install must not hold up heartbeats.
