@@ -216,11 +216,6 @@ impl Replica {
         &self.inner.raft
     }
 
-    /// The local store (holds data only while this node is a storage peer).
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
-    }
-
     /// Stops Raft and the background tasks.
     pub async fn shutdown(&self) {
         for t in lock(&self.inner.tasks).drain(..) {
