@@ -52,6 +52,7 @@ async fn main() {
 
     let bases = vec![base.clone()];
     let tokens = load::users(&http, &bases, "user", args.senders).await;
+    let cpu_before = load::cpu_time(node.pid());
     let out = load::run(
         &http,
         &bases,
@@ -60,6 +61,7 @@ async fn main() {
         Load { senders: args.senders, seconds: args.seconds as f64, rate: args.rate, receive: false },
     )
     .await;
+    let node_cpu = cpu_before.zip(load::cpu_time(node.pid())).map(|(b, a)| a - b);
 
     // History reads: the newest 50 messages of a busy DM, repeatedly.
     let mut hist = Vec::new();
@@ -89,6 +91,7 @@ async fn main() {
     report["target_rate"] = json!(args.rate);
     report["history_read_ms"] = json!({"reads": hist.len(), "p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99)});
     report["node_peak_rss_mib"] = json!(peak_rss_kib(node.pid()) as f64 / 1024.0);
+    report["node_cpu_us_per_msg"] = json!(node_cpu.map(|c| c.as_secs_f64() * 1e6 / out.latency.len().max(1) as f64));
     report["commands_per_batch"] = json!(if batches > 0.0 { messages / batches } else { 0.0 });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

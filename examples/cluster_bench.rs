@@ -66,14 +66,24 @@ async fn main() {
     let bases = vec![node.url.clone()];
     let tokens = load::users(&http, &bases, "solo", senders).await;
     let closed = Load { senders, seconds, rate: None, receive: false };
+    let pids = [std::process::id(), node.pid()];
+    let before = pids.map(load::cpu_time);
     let single = load::run(&http, &bases, "solo", &tokens, closed).await;
+    let single_cpu: Vec<f64> = (0..2)
+        .map(|k| match (before[k], load::cpu_time(pids[k])) {
+            (Some(b), Some(a)) => (a - b).as_secs_f64() * 1e6 / single.latency.len().max(1) as f64,
+            _ => 0.0,
+        })
+        .collect();
     node.terminate();
 
     let mut c = LocalCluster::start(5, FLAGS);
     let leader = wait_ready(&c);
     let bases: Vec<String> = c.nodes.iter().flatten().map(|n| n.url.clone()).collect();
     let tokens = load::users(&http, &bases, "user", senders).await;
+    let before = cpu_times(&c);
     let throughput = load::run(&http, &bases, "user", &tokens, closed).await;
+    let cpu = cpu_per_message(&c, before, throughput.latency.len());
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
 
     // Failover: load through the other nodes, kill -9 the Raft leader after two seconds.
@@ -113,10 +123,47 @@ async fn main() {
             "old_leader_node": leader,
         },
         "node_peak_rss_mib": rss_mib,
+        "single_node_cpu_us_per_msg": {"load_generator": single_cpu[0], "node": single_cpu[1]},
+        "cluster_closed_loop_cpu_us_per_msg": cpu,
         "ratio_replicated_over_single": throughput.json()["acked_per_sec"].as_f64().unwrap_or(0.0)
             / single.json()["acked_per_sec"].as_f64().unwrap_or(1.0),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+/// CPU time so far of this process (the load generator) and of every node, and the highest
+/// last log index any node reports.
+fn cpu_times(c: &LocalCluster) -> (Vec<Option<Duration>>, u64) {
+    let mut pids = vec![std::process::id()];
+    pids.extend(c.nodes.iter().flatten().map(|n| n.pid()));
+    let index = c.views().iter().filter_map(|(_, v)| Some(v.raft.as_ref()?.last_log_index)).max().unwrap_or(0);
+    (pids.into_iter().map(load::cpu_time).collect(), index)
+}
+
+/// CPU microseconds per acknowledged message since `before`, per process, labelled with the
+/// node's Raft state (`leader`, `follower`; `input` outside the membership).
+fn cpu_per_message(c: &LocalCluster, before: (Vec<Option<Duration>>, u64), acked: usize) -> serde_json::Value {
+    let ((before, first_index), (after, last_index)) = (before, cpu_times(c));
+    let per_msg = |b: Option<Duration>, a: Option<Duration>| match (b, a) {
+        (Some(b), Some(a)) => (a - b).as_secs_f64() * 1e6 / acked.max(1) as f64,
+        _ => 0.0,
+    };
+    let views: std::collections::HashMap<usize, ClusterView> = c.views().into_iter().collect();
+    let mut out = serde_json::Map::new();
+    let mut total = per_msg(before[0], after[0]);
+    out.insert("load_generator".into(), json!(total));
+    for (k, (i, _)) in c.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).enumerate() {
+        let role = views.get(&i).and_then(|v| v.raft.as_ref()).map_or("unknown", |r| match r.state.as_str() {
+            "leader" | "follower" => r.state.as_str(),
+            _ => "input",
+        });
+        let us = per_msg(before[k + 1], after[k + 1]);
+        total += us;
+        out.insert(format!("node{i}_{role}"), json!(us));
+    }
+    out.insert("total".into(), json!(total));
+    out.insert("messages_per_log_entry".into(), json!(acked as f64 / (last_index - first_index).max(1) as f64));
+    out.into()
 }
 
 async fn wait_for_ready(url: &str) {

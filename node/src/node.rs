@@ -140,7 +140,7 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     let on_apply: crate::storage::raft::OnApply = {
         let (hub, metrics, sessions) = (hub.clone(), metrics.clone(), sessions.clone());
         Arc::new(move |out: &crate::storage::ApplyOutput| {
-            hub.notify(&out.notices);
+            hub.notify_applied(&out.notices);
             sessions.revoke(&out.revoked_sessions);
             metrics.messages.inc_by(out.messages);
             metrics.batches.inc();
@@ -236,12 +236,19 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
 /// revoked sessions.
 async fn apply_notices(hub: Arc<Hub>, sessions: Arc<SessionCache>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
     while let Some(data) = rx.recv().await {
-        match serde_json::from_slice::<chorus_protocol::cluster::EventNotices>(&data) {
+        match cbor4ii::serde::from_slice::<chorus_protocol::cluster::EventNotices>(&data) {
             Ok(n) => {
                 sessions.revoke(&n.revoked_sessions);
-                let notices: Vec<crate::storage::Notice> =
-                    n.users.into_iter().map(|(user, seq)| crate::storage::Notice { user, seq }).collect();
-                hub.notify(&notices);
+                let carried: std::collections::HashMap<&str, &[u8]> =
+                    n.events.iter().map(|c| (c.user.as_str(), c.cbor.as_slice())).collect();
+                for (user, seq) in &n.users {
+                    // Decoded only for users with a stream open here.
+                    let events = || {
+                        let cbor = carried.get(user.as_str()).copied().unwrap_or_default();
+                        cbor4ii::serde::from_slice(cbor).unwrap_or_default()
+                    };
+                    hub.notify(user, *seq, events);
+                }
             }
             Err(e) => tracing::debug!(error = %e, "undecodable event notice"),
         }

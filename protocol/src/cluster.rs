@@ -97,8 +97,10 @@ pub struct SignedAssignment {
     pub signature: String,
 }
 
-/// A message on [`EVENTS_TOPIC`]: these users have events up to these seqs (a wake-up only;
-/// streams read the log itself, so a lost notice delays nothing past the next poll).
+/// A message on [`EVENTS_TOPIC`] (CBOR): these users have events up to these seqs, and here
+/// are those events when they are small. A stream that is exactly where the carried events
+/// begin pushes them without reading storage; any other stream reads its log, so a lost or
+/// partial notice delays nothing past the next poll.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventNotices {
     /// (username, newest event seq).
@@ -106,6 +108,20 @@ pub struct EventNotices {
     /// Sessions just deleted (token hashes): nodes drop them from their session caches.
     #[serde(default)]
     pub revoked_sessions: Vec<String>,
+    /// The newest events of some of `users`, in seq order.
+    #[serde(default)]
+    pub events: Vec<CarriedEvents>,
+}
+
+/// One user's newest events, CBOR-encoded (`Vec<Event>`): a node decodes them only for users
+/// with a stream open there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedEvents {
+    /// Whose events.
+    pub user: String,
+    /// CBOR of `Vec<Event>`, consecutive seqs.
+    #[serde(with = "serde_bytes")]
+    pub cbor: Vec<u8>,
 }
 
 /// Messages on [`CONTROL_TOPIC`].

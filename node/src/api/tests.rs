@@ -44,7 +44,7 @@ async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
     let hub = Arc::new(Hub::default());
     let metrics = Arc::new(metrics::Metrics::default());
     let h = hub.clone();
-    let peer = RaftPeer::solo(Arc::new(move |out| h.notify(&out.notices))).await;
+    let peer = RaftPeer::solo(Arc::new(move |out| h.notify_applied(&out.notices))).await;
     let sessions = Arc::new(crate::service::SessionCache::default());
     let service = Service::new(Log::start(peer.replica.clone()), hub, sessions, config);
     let state = AppState { service, limits: Arc::new(limits::Limits::new(limits)), metrics, cluster: Arc::new(Fixed) };

@@ -1,7 +1,8 @@
 //! Batching in front of the replicated log. Writes: commands that arrive together share one
 //! log entry, so one fsync (on each storage peer) serves many writers (group commit). Reads:
-//! queries that arrive together share one round trip to the leader. Several batches are in
-//! flight at once; while they are, new items pile up into the next, bigger batch.
+//! queries that arrive together share one round trip to the leader. Only a few batches are in
+//! flight at once; while they are, new items pile up into the next, bigger batch, so batches
+//! grow with the load (Nagle-style: an idle log sends a lone command at once).
 //!
 //! ```text
 //! submit(Command) --> [bounded mpsc] --> batcher --(permit, drain <= MAX_BATCH)--> task: Replica::write
@@ -23,8 +24,14 @@ const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Items waiting for a batcher before `submit` pushes back.
 const QUEUE: usize = 8192;
-/// Batches being committed at once, per batcher.
-const IN_FLIGHT: usize = 4;
+/// Write batches this node has at the leader at once. Few: while they are out, new commands
+/// pile up into the next batch, so under load batches grow and the cost per command falls.
+const WRITES_IN_FLIGHT: usize = 2;
+/// Read batches this node has at the leader at once (reads are cheap to run side by side).
+const READS_IN_FLIGHT: usize = 4;
+/// Merged entries the leader commits at once: one, so everything that arrives while an entry
+/// commits goes into the next one (fewer fsyncs, RPCs and applies per command).
+pub(super) const MERGES_IN_FLIGHT: usize = 1;
 
 type Outcome = Result<Result<Applied, CommandError>, SubmitError>;
 
@@ -33,7 +40,7 @@ struct Pending<I, O> {
     reply: oneshot::Sender<Result<O, SubmitError>>,
 }
 
-/// Groups items submitted together into one batch; `IN_FLIGHT` batches run at once, and while
+/// Groups items submitted together into one batch; `in_flight` batches run at once, and while
 /// they do, new items pile up into the next, bigger batch.
 pub(super) struct Batcher<I, O> {
     tx: mpsc::Sender<Pending<I, O>>,
@@ -47,13 +54,13 @@ impl<I, O> Clone for Batcher<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the task; `commit` answers a batch with one output per item, in order.
-    pub(super) fn start<F, Fut>(weight: fn(&I) -> usize, commit: F) -> Self
+    pub(super) fn start<F, Fut>(in_flight: usize, weight: fn(&I) -> usize, commit: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<O>, SubmitError>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, weight, commit));
+        tokio::spawn(run(rx, in_flight, weight, commit));
         Self { tx }
     }
 
@@ -64,14 +71,14 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-async fn run<I, O, F, Fut>(mut rx: mpsc::Receiver<Pending<I, O>>, weight: fn(&I) -> usize, commit: F)
+async fn run<I, O, F, Fut>(mut rx: mpsc::Receiver<Pending<I, O>>, in_flight: usize, weight: fn(&I) -> usize, commit: F)
 where
     I: Send + 'static,
     O: Send + 'static,
     F: Fn(Vec<I>) -> Fut,
     Fut: Future<Output = Result<Vec<O>, SubmitError>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         // Drain after getting the permit: while every permit is busy, items accumulate.
@@ -123,11 +130,12 @@ impl Log {
     /// Starts the write and read batchers. They end when every [`Log`] handle is dropped.
     pub fn start(replica: Replica) -> Log {
         let r = replica.clone();
-        let writes = Batcher::start(weight, move |commands| {
+        let writes = Batcher::start(WRITES_IN_FLIGHT, weight, move |commands| {
             let r = r.clone();
             async move { Ok(r.write(Batch(commands)).await?.0) }
         });
         let reads = Batcher::start(
+            READS_IN_FLIGHT,
             |_| 1,
             move |queries| {
                 let r = replica.clone();

@@ -31,7 +31,7 @@ use crate::election::driver::ClusterState;
 use crate::overlay::{Client, OverlayError, RaftInbound};
 use crate::storage::raft::{Batch, BatchResult, LogStore, OnApply, StateStore, TypeConfig};
 use crate::storage::read::Query;
-use crate::storage::Store;
+use crate::storage::{Notice, Store};
 use chorus_protocol::cluster::{EventNotices, Role, EVENTS_TOPIC};
 use libp2p::PeerId;
 use openraft::error::{ClientWriteError, RaftError};
@@ -158,13 +158,12 @@ impl Replica {
         };
         let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
         let leader = Arc::new(AtomicBool::new(false));
-        let (notice_tx, notice_rx) = mpsc::channel::<EventNotices>(1024);
+        let (notice_tx, notice_rx) = mpsc::channel::<(Vec<Notice>, Vec<String>)>(1024);
         let is_leader = leader.clone();
         let apply: OnApply = Arc::new(move |out| {
             on_apply(out);
             if is_leader.load(Ordering::Relaxed) && !(out.notices.is_empty() && out.revoked_sessions.is_empty()) {
-                let users = out.notices.iter().map(|n| (n.user.clone(), n.seq)).collect();
-                let _ = notice_tx.try_send(EventNotices { users, revoked_sessions: out.revoked_sessions.clone() });
+                let _ = notice_tx.try_send((out.notices.clone(), out.revoked_sessions.clone()));
             }
         });
         let sm = StateStore::new(store.clone(), Some(apply));
@@ -175,6 +174,7 @@ impl Replica {
         let merger = {
             let (raft, timeout) = (raft.clone(), cfg.timeout);
             log::Batcher::start(
+                log::MERGES_IN_FLIGHT,
                 |b: &Batch| b.0.iter().map(log::weight).sum(),
                 move |batches| {
                     let raft = raft.clone();
@@ -480,34 +480,53 @@ async fn elect_on_leader_loss(replica: Replica) {
 /// How long the publisher waits for more notices before it sends: one gossip message then
 /// covers many log entries.
 const NOTICE_LINGER: Duration = Duration::from_millis(5);
+/// Users per gossip message.
+const NOTICE_USERS: usize = 2000;
+/// A user's events are carried only up to this size (else streams read them from storage).
+const CARRY_PER_USER: usize = 64 * 1024;
+/// Carried event bytes per gossip message (gossip's limit is 1 MiB).
+const CARRY_PER_MESSAGE: usize = 512 * 1024;
 
-/// Publishes the leader's event notices, coalesced: the newest seq per user, one gossip
-/// message per 2,000 users.
-async fn publish_notices(client: Client, mut rx: mpsc::Receiver<EventNotices>) {
+/// Publishes the leader's event notices, coalesced: per user the newest seq and the events
+/// since the last notice, a gossip message per 2,000 users or 512 KiB of events.
+async fn publish_notices(client: Client, mut rx: mpsc::Receiver<(Vec<Notice>, Vec<String>)>) {
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(NOTICE_LINGER).await;
-        let mut latest: HashMap<String, u64> = HashMap::new();
+        let mut latest: HashMap<String, (u64, Vec<chorus_protocol::Event>)> = HashMap::new();
         let mut revoked = Vec::new();
-        let mut add = |n: EventNotices| {
-            for (user, seq) in n.users {
-                let e = latest.entry(user).or_default();
-                *e = (*e).max(seq);
+        let mut add = |(notices, sessions): (Vec<Notice>, Vec<String>)| {
+            for n in notices {
+                let e = latest.entry(n.user).or_default();
+                e.0 = e.0.max(n.seq);
+                e.1.extend(n.events);
             }
-            revoked.extend(n.revoked_sessions);
+            revoked.extend(sessions);
         };
         add(first);
         while let Ok(more) = rx.try_recv() {
             add(more);
         }
-        let users: Vec<(String, u64)> = latest.into_iter().collect();
-        let mut chunks: Vec<EventNotices> =
-            users.chunks(2000).map(|c| EventNotices { users: c.to_vec(), revoked_sessions: Vec::new() }).collect();
-        match chunks.first_mut() {
-            Some(first) => first.revoked_sessions = revoked,
-            None => chunks.push(EventNotices { users: Vec::new(), revoked_sessions: revoked }),
+        let empty = || EventNotices { users: Vec::new(), revoked_sessions: Vec::new(), events: Vec::new() };
+        let mut chunks = vec![EventNotices { revoked_sessions: revoked, ..empty() }];
+        let mut carried = 0;
+        for (user, (seq, events)) in latest {
+            let cbor = cbor4ii::serde::to_vec(Vec::new(), &events).unwrap_or_default();
+            let carry = cbor.len() <= CARRY_PER_USER;
+            let full = chunks.last().is_some_and(|c| c.users.len() >= NOTICE_USERS)
+                || (carry && carried + cbor.len() > CARRY_PER_MESSAGE);
+            if full {
+                chunks.push(empty());
+                carried = 0;
+            }
+            let chunk = chunks.last_mut().expect("one chunk at least");
+            if carry {
+                carried += cbor.len();
+                chunk.events.push(chorus_protocol::cluster::CarriedEvents { user: user.clone(), cbor });
+            }
+            chunk.users.push((user, seq));
         }
         for notice in chunks {
-            let Ok(data) = serde_json::to_vec(&notice) else { continue };
+            let Ok(data) = cbor4ii::serde::to_vec(Vec::new(), &notice) else { continue };
             if let Err(e) = client.publish(EVENTS_TOPIC, data).await {
                 tracing::trace!(error = %e, "event notice not published (no subscribers yet?)");
             }

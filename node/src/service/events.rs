@@ -24,13 +24,14 @@ impl Service {
     }
 
     /// Wakes when `username` has new events.
-    pub fn subscribe(&self, username: &str) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self, username: &str) -> tokio::sync::watch::Receiver<super::hub::Tip> {
         self.inner.hub.subscribe(username)
     }
 
     /// `username`'s event log from seq `after + 1` on, forever: catches up from storage, then
-    /// waits for wake-ups and reads again. Gapless and in order by construction; ends only on
-    /// a storage error (yielded) or shutdown.
+    /// follows wake-ups, taking the events they carry when those continue exactly where the
+    /// stream is, and reading storage otherwise. Gapless and in order by construction; ends
+    /// only on a storage error (yielded) or shutdown.
     pub fn event_stream(
         &self,
         username: &str,
@@ -40,8 +41,10 @@ impl Service {
             svc: Service,
             user: String,
             last: u64,
-            wake: tokio::sync::watch::Receiver<u64>,
+            wake: tokio::sync::watch::Receiver<super::hub::Tip>,
             buf: std::collections::VecDeque<Event>,
+            /// Storage may hold events this stream has not seen (start, poll, gap).
+            read: bool,
             failed: bool,
         }
         // Subscribe before the first read: a commit between the read and the wait still wakes us.
@@ -52,6 +55,7 @@ impl Service {
             last: after,
             wake,
             buf: Default::default(),
+            read: true,
             failed: false,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -63,19 +67,33 @@ impl Service {
                     st.last = ev.seq;
                     return Some((Ok(ev), st));
                 }
-                match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
-                    Ok(evs) if !evs.is_empty() => st.buf.extend(evs),
-                    Ok(_) => {
-                        // Notices from other nodes travel by gossip, which may drop one: a
-                        // stream that hears nothing looks again after a while anyway.
-                        if let Ok(Err(_)) = tokio::time::timeout(STREAM_POLL, st.wake.changed()).await {
-                            return None;
+                let (tip, carried) = {
+                    let tip = st.wake.borrow_and_update();
+                    (tip.seq, tip.after(st.last))
+                };
+                if !carried.is_empty() {
+                    st.buf.extend(carried);
+                    continue;
+                }
+                if st.read || tip > st.last {
+                    match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
+                        Ok(evs) if !evs.is_empty() => {
+                            st.buf.extend(evs);
+                            continue; // there may be more
+                        }
+                        Ok(_) => st.read = false,
+                        Err(e) => {
+                            st.failed = true;
+                            return Some((Err(e), st));
                         }
                     }
-                    Err(e) => {
-                        st.failed = true;
-                        return Some((Err(e), st));
-                    }
+                }
+                // Notices from other nodes travel by gossip, which may drop one: a stream that
+                // hears nothing looks again after a while anyway.
+                match tokio::time::timeout(STREAM_POLL, st.wake.changed()).await {
+                    Ok(Err(_)) => return None,
+                    Ok(Ok(())) => {}
+                    Err(_) => st.read = true,
                 }
             }
         })

@@ -16,7 +16,7 @@ mod hub;
 pub use auth::SessionCache;
 pub use events::EVENTS_LIMIT_MAX;
 pub use files::CHUNK_SIZE;
-pub use hub::Hub;
+pub use hub::{Hub, Tip};
 
 use crate::replication::{Log, SubmitError};
 use crate::storage::read::Query;

@@ -15,13 +15,15 @@ use chorus_protocol::ids::GROUP_MEMBERS_MAX;
 use chorus_protocol::{Applied, ChatId, Command, CommandError, Event, EventKind};
 use std::collections::BTreeMap;
 
-/// "User X has events up to seq N": what streams wait for.
+/// "User X has events up to seq N, the newest being these": what streams wait for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     /// User.
     pub user: String,
     /// Their newest event seq.
     pub seq: u64,
+    /// The events this batch appended for them, in seq order (ending at `seq`).
+    pub events: Vec<Event>,
 }
 
 /// What one applied batch produced.
@@ -66,7 +68,13 @@ impl<'a> StateMachine<'a> {
         extra: Vec<(Cf, Vec<u8>, Vec<u8>)>,
         sync: bool,
     ) -> Result<ApplyOutput, StorageError> {
-        let mut tx = Tx { store: self.store, batch: Staged::new(), cmd: Staged::new(), notices: BTreeMap::new() };
+        let mut tx = Tx {
+            store: self.store,
+            batch: Staged::new(),
+            cmd: Staged::new(),
+            events: BTreeMap::new(),
+            cmd_events: Vec::new(),
+        };
         let mut out = ApplyOutput::default();
         for command in commands {
             let result = apply_one(&mut tx, command)?;
@@ -80,8 +88,14 @@ impl<'a> StateMachine<'a> {
                     }
                     let staged = std::mem::take(&mut tx.cmd);
                     tx.batch.extend(staged);
+                    for (user, event) in std::mem::take(&mut tx.cmd_events) {
+                        tx.events.entry(user).or_default().push(event);
+                    }
                 }
-                Err(_) => tx.cmd.clear(),
+                Err(_) => {
+                    tx.cmd.clear();
+                    tx.cmd_events.clear();
+                }
             }
             out.results.push(result);
         }
@@ -98,7 +112,11 @@ impl<'a> StateMachine<'a> {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync);
         self.store.db.write_opt(wb, &wo)?;
-        out.notices = tx.notices.into_iter().map(|(user, seq)| Notice { user, seq }).collect();
+        out.notices = tx
+            .events
+            .into_iter()
+            .filter_map(|(user, events)| Some(Notice { user, seq: events.last()?.seq, events }))
+            .collect();
         Ok(out)
     }
 }
@@ -116,7 +134,10 @@ struct Tx<'a> {
     store: &'a Store,
     batch: Staged,
     cmd: Staged,
-    notices: BTreeMap<String, u64>,
+    /// Events of the batch's applied commands, per user, in order.
+    events: BTreeMap<String, Vec<Event>>,
+    /// Events of the command being applied (dropped if it is refused).
+    cmd_events: Vec<(String, Event)>,
 }
 
 type Res<T> = Result<Result<T, CommandError>, StorageError>;
@@ -150,18 +171,16 @@ impl Tx<'_> {
         self.cmd.insert((cf, key), None);
     }
 
-    /// Appends an event to `user`'s log.
-    ///
-    /// The counter is staged like any write, so a refused command's events vanish with it; the
-    /// notice map may then mention a seq that was not written, which is harmless: streams read
-    /// the log, and the notice is only a wake-up.
+    /// Appends an event to `user`'s log. The counter, the row and the notice are staged like
+    /// any write, so a refused command's events vanish with it.
     fn emit(&mut self, user: &str, at: Millis, kind: EventKind) -> Result<(), StorageError> {
         let counter = join(&[b"evseq", user.as_bytes()]);
         let last = self.get(Cf::Meta, &counter)?.map(|v| be_u64(&v)).unwrap_or(0);
         let seq = last + 1;
         self.put(Cf::Meta, counter, seq.to_be_bytes().to_vec());
-        self.put_json(Cf::Events, seq_key(user.as_bytes(), seq), &Event { seq, at, kind });
-        self.notices.insert(user.to_owned(), seq);
+        let event = Event { seq, at, kind };
+        self.put_json(Cf::Events, seq_key(user.as_bytes(), seq), &event);
+        self.cmd_events.push((user.to_owned(), event));
         Ok(())
     }
 

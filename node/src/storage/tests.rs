@@ -195,3 +195,28 @@ fn reopen_keeps_everything() {
     assert_eq!(s.digest().unwrap(), digest);
     assert!(matches!(Store::open(dir.path()), Err(StorageError::InUse(_))), "a second opener gets a clear error");
 }
+
+#[test]
+fn notices_carry_exactly_the_events_applied() {
+    let (_d, s) = open();
+    let dm = ChatId::dm("alice", "bob");
+    let batch = vec![
+        account("alice"),
+        account("bob"),
+        account("carol"),
+        Command::SendFriendRequest { from: "bob".into(), to: "alice".into(), at: 1 },
+        Command::SendFriendRequest { from: "alice".into(), to: "bob".into(), at: 2 },
+        msg(&dm, "alice", 1, None),
+        // Refused (not friends): its events must not be carried, nor leave a gap.
+        msg(&ChatId::dm("alice", "carol"), "alice", 2, None),
+        msg(&dm, "bob", 3, None),
+    ];
+    let out = StateMachine::new(&s).apply_batch(&batch, vec![applied_index_row(1)], true).unwrap();
+    assert!(out.results[6].is_err());
+    for user in ["alice", "bob"] {
+        let n = out.notices.iter().find(|n| n.user == user).expect("a notice");
+        assert_eq!(n.seq, s.last_event_seq(user).unwrap());
+        assert_eq!(n.events, s.events(user, 0, 100).unwrap(), "carried = what the log holds");
+    }
+    assert!(out.notices.iter().all(|n| n.user != "carol"), "{:?}", out.notices);
+}
