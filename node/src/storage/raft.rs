@@ -228,13 +228,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows: Vec<([u8; 8], Vec<u8>)> =
-            entries.into_iter().map(|e| (e.log_id.index.to_be_bytes(), json(&e))).collect();
         // Written unsynced (a memtable insert: readable at once, no thread hop); durable, and
         // reported so, once the syncer synced the WAL behind it.
         let mut wb = rocksdb::WriteBatch::default();
-        for (k, v) in rows {
-            wb.put_cf(self.store.cf(Cf::RaftLog), k, v);
+        for e in entries {
+            wb.put_cf(self.store.cf(Cf::RaftLog), e.log_id.index.to_be_bytes(), json(&e));
         }
         if let Err(e) = write(&self.store, wb, false) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
