@@ -103,20 +103,38 @@ fn get_meta<T: for<'a> Deserialize<'a>>(store: &Store, key: &[u8]) -> Result<Opt
 #[derive(Debug, Clone)]
 pub struct LogStore {
     store: Arc<Store>,
-    /// Appends written but not yet synced, for the syncer thread.
-    unsynced: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
 }
 
 impl LogStore {
-    /// The log in `store`; starts its WAL syncer thread (it ends with the last clone).
+    /// The log in `store`; starts its WAL syncer thread, joined when the last clone drops.
     pub fn new(store: Arc<Store>) -> Self {
-        let (unsynced, rx) = std::sync::mpsc::channel();
+        let (queue, rx) = std::sync::mpsc::channel();
         let db = store.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_wal(&db, rx))
             .expect("spawn the WAL syncer");
-        Self { store, unsynced }
+        Self { store, syncer: Arc::new(Syncer { queue, thread: Some(thread) }) }
+    }
+}
+
+/// Appends written but not yet synced, and the thread that syncs them.
+#[derive(Debug)]
+struct Syncer {
+    queue: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    /// Closes the queue and waits for the thread: it has reported every queued append and
+    /// released its handle on the database before this returns. A detached thread could be
+    /// the one closing RocksDB while the process exits, and RocksDB aborts on that race.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.queue, std::sync::mpsc::channel().0));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -238,7 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(e).into());
         }
-        if let Err(std::sync::mpsc::SendError(callback)) = self.unsynced.send(callback) {
+        if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.queue.send(callback) {
             callback.log_io_completed(Err(std::io::Error::other("the WAL syncer stopped")));
         }
         Ok(())
