@@ -42,6 +42,7 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() {
     let args = args();
+    load::settle_disk();
     let dir = tempfile::tempdir().expect("temp dir");
     let node = NodeProc::start(
         dir.path(),

@@ -57,6 +57,7 @@ async fn main() {
     let senders = flag("--senders", 64.0) as usize;
     let seconds = flag("--seconds", 10.0);
     let rate = flag("--rate", 1000.0);
+    load::settle_disk();
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
 
     // The single node, same load, same run.
@@ -67,6 +68,7 @@ async fn main() {
     let tokens = load::users(&http, &bases, "solo", senders).await;
     let closed = Load { senders, seconds, rate: None, receive: false };
     let pids = [std::process::id(), node.pid()];
+    eprintln!("single node closed loop: node pid {}", node.pid());
     let before = pids.map(load::cpu_time);
     let single = load::run(&http, &bases, "solo", &tokens, closed).await;
     let single_cpu: Vec<f64> =
@@ -77,9 +79,12 @@ async fn main() {
     let leader = wait_ready(&c);
     let bases: Vec<String> = c.nodes.iter().flatten().map(|n| n.url.clone()).collect();
     let tokens = load::users(&http, &bases, "user", senders).await;
+    let pids: Vec<u32> = c.nodes.iter().flatten().map(|n| n.pid()).collect();
+    eprintln!("cluster closed loop: node pids {pids:?}, Raft leader node {leader}");
     let before = cpu_times(&c);
     let throughput = load::run(&http, &bases, "user", &tokens, closed).await;
     let (cpu, per_entry) = cpu_per_message(&c, before, throughput.latency.len());
+    eprintln!("cluster paced to {rate} msg/s");
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
 
     // Failover: load through the other nodes, kill -9 the Raft leader after two seconds.
