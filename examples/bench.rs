@@ -85,6 +85,14 @@ async fn main() {
     let counter =
         |name: &str| -> f64 { metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0) };
     let (messages, batches) = (counter("chorus_messages_total"), counter("chorus_log_batches_total"));
+    let mean_ms = |h: &str| {
+        let n = counter(&format!("{h}_count"));
+        if n > 0.0 {
+            counter(&format!("{h}_sum")) / n * 1000.0
+        } else {
+            0.0
+        }
+    };
     let mut report = out.json();
     report["bench"] = json!("single_node");
     report["senders"] = json!(args.senders);
@@ -94,5 +102,7 @@ async fn main() {
     report["node_peak_rss_mib"] = json!(peak_rss_kib(node.pid()) as f64 / 1024.0);
     report["node_cpu_us_per_msg"] = json!(node_cpu.map(|c| c.as_secs_f64() * 1e6 / out.latency.len().max(1) as f64));
     report["commands_per_batch"] = json!(if batches > 0.0 { messages / batches } else { 0.0 });
+    report["wal_sync_mean_ms"] = json!(mean_ms("chorus_raft_wal_sync_duration_seconds"));
+    report["commit_mean_ms"] = json!(mean_ms("chorus_raft_commit_duration_seconds"));
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

@@ -34,6 +34,14 @@ async fn walkthrough_survives_kill_9() {
         api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "hi bob", "client_msg_id": "k1"})).await;
     assert_eq!(sent["seq"], 1);
 
+    // The log's own timings are exported: every acknowledged write waited for a WAL sync and
+    // (the node leads its one-voter group) a commit.
+    let metrics = api.http.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
+    for name in ["chorus_raft_wal_sync_duration_seconds_count", "chorus_raft_commit_duration_seconds_count"] {
+        let count: f64 = metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0);
+        assert!(count >= 1.0, "{name} = {count} in\n{metrics}");
+    }
+
     // SSE delivers the friend request, the friendship and the message, in order.
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

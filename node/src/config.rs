@@ -119,6 +119,7 @@ impl RunConfig {
         crate::replication::ReplicaConfig {
             timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
             snapshot_every: self.snapshot_every.max(1),
+            timings: Default::default(),
         }
     }
 

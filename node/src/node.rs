@@ -168,7 +168,7 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         raft_requests,
         cluster_state.clone(),
         on_apply,
-        config.replication(),
+        crate::replication::ReplicaConfig { timings: metrics.replication.clone(), ..config.replication() },
     )
     .await?;
     let log = Log::start(replica.clone());

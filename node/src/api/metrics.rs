@@ -32,6 +32,8 @@ pub struct Metrics {
     pub batches: Counter,
     /// Open SSE/WebSocket streams.
     pub streams: Gauge,
+    /// The replicated log's WAL syncs and commits.
+    pub replication: crate::replication::Timings,
 }
 
 impl Default for Metrics {
@@ -47,7 +49,18 @@ impl Default for Metrics {
         registry.register("messages", "Chat messages committed", messages.clone());
         registry.register("event_streams", "Open event streams (SSE and WebSocket)", streams.clone());
         registry.register("log_batches", "Command batches made durable with one WAL sync", batches.clone());
-        Self { registry, requests, latency, messages, batches, streams }
+        let replication = crate::replication::Timings::default();
+        registry.register(
+            "raft_wal_sync_duration_seconds",
+            "One sync of the Raft log's WAL (every append waits for one)",
+            replication.wal_sync.clone(),
+        );
+        registry.register(
+            "raft_commit_duration_seconds",
+            "One merged log entry on the leader, from submission to applied",
+            replication.commit.clone(),
+        );
+        Self { registry, requests, latency, messages, batches, streams, replication }
     }
 }
 

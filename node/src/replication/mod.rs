@@ -36,6 +36,7 @@ use chorus_protocol::cluster::{EventNotices, Role, EVENTS_TOPIC};
 use libp2p::PeerId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState, SnapshotPolicy};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use raft_net::{Request, Response, Routed};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -69,6 +70,25 @@ pub struct ReplicaConfig {
     pub timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Where the log reports how long its work takes (exported at `/metrics`).
+    pub timings: Timings,
+}
+
+/// Latency histograms the replicated log fills in. Cloning shares them.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// One WAL sync (`FlushWAL(sync)`): every log append waits for one before it counts.
+    pub wal_sync: Histogram,
+    /// One merged entry on the leader, from `client_write` to applied (quorum and apply).
+    pub commit: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        // 50 µs .. ~3.3 s.
+        let buckets = || Histogram::new(exponential_buckets(0.00005, 2.0, 17));
+        Self { wal_sync: buckets(), commit: buckets() }
+    }
 }
 
 /// A leader that heard no majority for this long refuses writes at once (no quorum).
@@ -170,15 +190,22 @@ impl Replica {
         let installed = sm.installed_counter();
         let id = raft_net::node_id(&me);
         let network = raft_net::Network::new(client.clone());
-        let raft = Raft::new(id, config, network, LogStore::new(store.clone()), sm).await?;
+        let log_store = LogStore::new(store.clone(), cfg.timings.wal_sync.clone());
+        let raft = Raft::new(id, config, network, log_store, sm).await?;
         let merger = {
-            let (raft, timeout) = (raft.clone(), cfg.timeout);
+            let (raft, timeout, timing) = (raft.clone(), cfg.timeout, cfg.timings.commit.clone());
             log::Batcher::start(
                 log::MERGES_IN_FLIGHT,
                 |b: &Batch| b.0.iter().map(log::weight).sum(),
                 move |batches| {
                     let raft = raft.clone();
-                    async move { Ok(commit_merged(&raft, batches, timeout).await) }
+                    let timing = timing.clone();
+                    async move {
+                        let started = Instant::now();
+                        let attempts = commit_merged(&raft, batches, timeout).await;
+                        timing.observe(started.elapsed().as_secs_f64());
+                        Ok(attempts)
+                    }
                 },
             )
         };

@@ -19,6 +19,7 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -107,13 +108,14 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// The log in `store`; starts its WAL syncer thread, joined when the last clone drops.
-    pub fn new(store: Arc<Store>) -> Self {
+    /// The log in `store`; starts its WAL syncer thread (joined when the last clone drops),
+    /// which records how long each sync takes in `wal_sync`.
+    pub fn new(store: Arc<Store>, wal_sync: Histogram) -> Self {
         let (queue, rx) = std::sync::mpsc::channel();
         let db = store.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_wal(&db, rx))
+            .spawn(move || sync_wal(&db, rx, &wal_sync))
             .expect("spawn the WAL syncer");
         Self { store, syncer: Arc::new(Syncer { queue, thread: Some(thread) }) }
     }
@@ -140,11 +142,14 @@ impl Drop for Syncer {
 
 /// Syncs the WAL once for every append queued since the last sync, then reports them durable
 /// in order. Each append was written before it was queued, so the sync covers it.
-fn sync_wal(store: &Store, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_wal(store: &Store, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>, timing: &Histogram) {
     while let Ok(first) = rx.recv() {
         let mut done = vec![first];
         done.extend(rx.try_iter());
-        match store.db.flush_wal(true) {
+        let started = std::time::Instant::now();
+        let synced = store.db.flush_wal(true);
+        timing.observe(started.elapsed().as_secs_f64());
+        match synced {
             Ok(()) => done.into_iter().for_each(|cb| cb.log_io_completed(Ok(()))),
             Err(e) => {
                 tracing::error!(error = %e, "WAL sync failed; the appends are not durable");
@@ -509,7 +514,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), SError> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
             let store = Arc::new(Store::open(dir.path()).map_err(|e| StorageIOError::write(io_err(e)))?);
-            Ok((dir, LogStore::new(store.clone()), StateStore::new(store, None)))
+            Ok((dir, LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None)))
         }
     }
 
