@@ -8,6 +8,7 @@
 //! All calls here block: async callers go through `spawn_blocking` or the writer thread.
 
 mod keys;
+mod log_tail;
 mod queries;
 pub mod raft;
 pub mod read;

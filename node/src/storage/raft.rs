@@ -11,6 +11,7 @@
 //! A snapshot is every row of the state CFs (a RocksDB snapshot, so it is consistent) in a
 //! simple length-prefixed framing; installing one replaces those CFs in one WriteBatch.
 
+use super::log_tail::Tail;
 use super::state_machine::{applied_index_row, ApplyOutput, StateMachine};
 use super::{Cf, StorageError as DbError, Store};
 use chorus_protocol::{Applied, Command, CommandError};
@@ -105,6 +106,8 @@ fn get_meta<T: for<'a> Deserialize<'a>>(store: &Store, key: &[u8]) -> Result<Opt
 pub struct LogStore {
     store: Arc<Store>,
     syncer: Arc<Syncer>,
+    /// The newest entries, so replication and apply read them without a blocking task.
+    tail: Arc<Tail>,
 }
 
 impl LogStore {
@@ -117,7 +120,8 @@ impl LogStore {
             .name("raft-log-sync".into())
             .spawn(move || sync_wal(&db, rx, &wal_sync))
             .expect("spawn the WAL syncer");
-        Self { store, syncer: Arc::new(Syncer { queue, thread: Some(thread) }) }
+        let syncer = Arc::new(Syncer { queue, thread: Some(thread) });
+        Self { store, syncer, tail: Arc::default() }
     }
 }
 
@@ -176,6 +180,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, SError> {
         let start = start_index(&range);
         let end: Bound<u64> = range.end_bound().cloned();
+        if let Some(entries) = self.tail.get(start, end) {
+            return Ok(entries);
+        }
         blocking(&self.store, move |s| {
             let r = (Bound::Included(start), end);
             let from = start.to_be_bytes();
@@ -254,13 +261,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written unsynced (a memtable insert: readable at once, no thread hop); durable, and
         // reported so, once the syncer synced the WAL behind it.
         let mut wb = rocksdb::WriteBatch::default();
+        let mut written = Vec::new();
         for e in entries {
-            wb.put_cf(self.store.cf(Cf::RaftLog), e.log_id.index.to_be_bytes(), json(&e));
+            let encoded = json(&e);
+            wb.put_cf(self.store.cf(Cf::RaftLog), e.log_id.index.to_be_bytes(), &encoded);
+            written.push((e, encoded.len()));
         }
         if let Err(e) = write(&self.store, wb, false) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(e).into());
         }
+        self.tail.append(written);
         if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.queue.send(callback) {
             callback.log_io_completed(Err(std::io::Error::other("the WAL syncer stopped")));
         }
@@ -268,6 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.tail.truncate(log_id.index);
         blocking(&self.store, move |s| {
             let mut wb = rocksdb::WriteBatch::default();
             wb.delete_range_cf(s.cf(Cf::RaftLog), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
@@ -280,6 +292,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let v = json(&log_id);
+        self.tail.purge(log_id.index);
         blocking(&self.store, move |s| {
             let mut wb = rocksdb::WriteBatch::default();
             wb.put_cf(s.cf(Cf::RaftMeta), PURGED, v);
