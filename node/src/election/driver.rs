@@ -221,10 +221,14 @@ impl Driver {
                 let verdict = if topic == CONTROL_TOPIC {
                     self.on_control(source, &data).await
                 } else {
-                    // A notice only wakes streams (they read the log itself); if the node is
-                    // too busy to take it, the streams' poll covers it.
-                    let _ = self.notices.try_send(data);
-                    MessageAcceptance::Accept
+                    let verdict = notice_acceptance(self.assignment.as_ref().map(|a| &a.assignment), &source);
+                    if verdict == MessageAcceptance::Accept {
+                        // If the node is too busy to take it, the streams' poll covers it.
+                        let _ = self.notices.try_send(data);
+                    } else {
+                        tracing::debug!(%source, "ignored an event notice from a peer that is not a storage peer");
+                    }
+                    verdict
                 };
                 self.client.validate(id, propagation, verdict).await;
             }
@@ -520,5 +524,41 @@ impl Driver {
             // Normal while alone or before the first subscription exchange.
             tracing::trace!(error = %e, "control publish failed");
         }
+    }
+}
+
+/// Event notices carry events that streams push to clients as they are, so only a storage
+/// peer of the assignment in force (the Raft leader is one) may publish them. Anything else is
+/// ignored: not passed on, and its forwarder not penalised (it may be an honest relay, or the
+/// notice may predate an assignment change; the streams' poll covers a lost notice).
+fn notice_acceptance(assignment: Option<&RoleAssignment>, source: &PeerId) -> MessageAcceptance {
+    let source = source.to_base58();
+    if assignment.is_some_and(|a| a.holders(Role::Storage).any(|p| p == source)) {
+        MessageAcceptance::Accept
+    } else {
+        MessageAcceptance::Ignore
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_storage_peers_may_publish_event_notices() {
+        let (storage, input) = (PeerId::random(), PeerId::random());
+        let member = |p: &PeerId, roles: Vec<Role>| Member { peer_id: p.to_base58(), http: None, roles };
+        let assignment = RoleAssignment {
+            epoch: 1,
+            round: 1,
+            coordinator: storage.to_base58(),
+            members: vec![member(&storage, vec![Role::Storage, Role::Input]), member(&input, vec![Role::Input])],
+            issued_at: 0,
+            genesis: false,
+        };
+        assert_eq!(notice_acceptance(Some(&assignment), &storage), MessageAcceptance::Accept);
+        assert_eq!(notice_acceptance(Some(&assignment), &input), MessageAcceptance::Ignore);
+        assert_eq!(notice_acceptance(Some(&assignment), &PeerId::random()), MessageAcceptance::Ignore);
+        assert_eq!(notice_acceptance(None, &storage), MessageAcceptance::Ignore, "no assignment yet");
     }
 }
