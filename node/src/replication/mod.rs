@@ -496,8 +496,7 @@ async fn elect_on_leader_loss(replica: Replica) {
         let Some(leader) = leader.filter(|l| replica.peer_of(*l) == Some(peer) && *l != replica.inner.id) else {
             continue;
         };
-        // The lowest surviving voter goes first; the others give it a head start, so two
-        // candidates do not split the vote.
+        // The lowest surviving voter goes first, the others 300 ms later (see above).
         let first = voters.iter().filter(|v| **v != leader).min() == Some(&replica.inner.id);
         if !voters.contains(&replica.inner.id) {
             continue;
@@ -509,19 +508,21 @@ async fn elect_on_leader_loss(replica: Replica) {
             }
         }
         tracing::info!(%peer, "the Raft leader's connection closed; calling an election");
-        if let Err(e) = replica.inner.raft.trigger().elect().await {
-            tracing::warn!(error = %e, "cannot start an election");
-        }
+        call_election(&replica).await;
         if first {
             tokio::time::sleep(FIRST_VOTER_RETRY).await;
             // Still a candidate: this node granted no one its vote and heard of no leader.
             if replica.inner.raft.metrics().borrow().state == ServerState::Candidate {
                 tracing::info!("no voter won the election after the leader's loss; calling another");
-                if let Err(e) = replica.inner.raft.trigger().elect().await {
-                    tracing::warn!(error = %e, "cannot start an election");
-                }
+                call_election(&replica).await;
             }
         }
+    }
+}
+
+async fn call_election(replica: &Replica) {
+    if let Err(e) = replica.inner.raft.trigger().elect().await {
+        tracing::warn!(error = %e, "cannot start an election");
     }
 }
 
