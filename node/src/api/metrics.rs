@@ -28,7 +28,7 @@ pub struct Metrics {
     latency: Histogram,
     /// Messages committed by this node's log.
     pub messages: Counter,
-    /// Log batches made durable (messages / batches = the group-commit factor).
+    /// Log entries applied: each is one group-commit batch (messages / batches = commands per entry).
     pub batches: Counter,
     /// Open SSE/WebSocket streams.
     pub streams: Gauge,
@@ -48,7 +48,11 @@ impl Default for Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register("messages", "Chat messages committed", messages.clone());
         registry.register("event_streams", "Open event streams (SSE and WebSocket)", streams.clone());
-        registry.register("log_batches", "Command batches made durable with one WAL sync", batches.clone());
+        registry.register(
+            "log_batches",
+            "Log entries applied, each one group-commit batch of commands",
+            batches.clone(),
+        );
         let replication = crate::replication::Timings::default();
         registry.register(
             "raft_wal_sync_duration_seconds",
