@@ -101,7 +101,7 @@ pub struct SignedAssignment {
 /// are those events when they are small. A stream that is exactly where the carried events
 /// begin pushes them without reading storage; any other stream reads its log, so a lost or
 /// partial notice delays nothing past the next poll.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventNotices {
     /// (username, newest event seq).
     pub users: Vec<(String, u64)>,

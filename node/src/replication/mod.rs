@@ -555,8 +555,7 @@ async fn publish_notices(client: Client, mut rx: mpsc::Receiver<(Vec<Notice>, Ve
         while let Ok(more) = rx.try_recv() {
             add(more);
         }
-        let empty = || EventNotices { users: Vec::new(), revoked_sessions: Vec::new(), events: Vec::new() };
-        let mut chunks = vec![EventNotices { revoked_sessions: revoked, ..empty() }];
+        let mut chunks = vec![EventNotices { revoked_sessions: revoked, ..Default::default() }];
         let mut carried = 0;
         for (user, (seq, events)) in latest {
             let cbor = cbor4ii::serde::to_vec(Vec::new(), &events).unwrap_or_default();
@@ -564,7 +563,7 @@ async fn publish_notices(client: Client, mut rx: mpsc::Receiver<(Vec<Notice>, Ve
             let full = chunks.last().is_some_and(|c| c.users.len() >= NOTICE_USERS)
                 || (carry && carried + cbor.len() > CARRY_PER_MESSAGE);
             if full {
-                chunks.push(empty());
+                chunks.push(EventNotices::default());
                 carried = 0;
             }
             let chunk = chunks.last_mut().expect("one chunk at least");
