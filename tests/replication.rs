@@ -84,8 +84,9 @@ async fn history(api: &Api, token: &str, chat: &str) -> Vec<Value> {
     }
 }
 
-/// Stops every node, then `chorus-node inspect` on each of `dirs`: (digest, per-chat digests).
-fn inspect_after_stop(c: &mut LocalCluster, dirs: &[usize]) -> Vec<(String, Value, u64)> {
+/// Stops every node, then `chorus-node inspect` on each of `dirs`: (digest, per-chat digests,
+/// applied index, rows per column family).
+fn inspect_after_stop(c: &mut LocalCluster, dirs: &[usize]) -> Vec<(String, Value, u64, Value)> {
     for n in c.nodes.iter_mut() {
         if let Some(n) = n.take() {
             n.terminate();
@@ -100,7 +101,8 @@ fn inspect_after_stop(c: &mut LocalCluster, dirs: &[usize]) -> Vec<(String, Valu
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            (v["digest"].as_str().unwrap().to_owned(), v["chats"].clone(), v["applied_index"].as_u64().unwrap())
+            let applied = v["applied_index"].as_u64().unwrap();
+            (v["digest"].as_str().unwrap().to_owned(), v["chats"].clone(), applied, v["rows"].clone())
         })
         .collect()
 }
@@ -337,9 +339,31 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
     node.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "after"})).await;
     let h = history(node, &bob, "dm:alice:bob").await;
     assert_eq!(h.len(), 101);
+
+    // The lost peer comes back: it is no storage peer now, so it forgets its stale copy.
+    c.restart(lost);
+    let forgotten = |c: &LocalCluster| {
+        let (_, v) = c.views().into_iter().find(|(i, _)| *i == lost)?;
+        let raft = v.raft?;
+        (raft.applied_index == 0 && raft.last_log_index == 0 && raft.leader.is_some()).then_some(())
+    };
+    c.wait_until("the returning peer to drop its copy", SETTLE, |c| c.settled().and(forgotten(c)));
+    let (_, views) = wait_replicated(&c, SETTLE);
+    assert_eq!(storage_indices(&views), now, "the storage set is unchanged");
+    // It still serves users, through the leader.
+    let back = Api::new(&c.nodes[lost].as_ref().unwrap().url);
+    assert_eq!(history(&back, &alice, "dm:alice:bob").await.len(), 101);
     wait_replicated(&c, SETTLE);
-    let inspected = inspect_after_stop(&mut c, &now);
-    assert!(inspected.iter().all(|x| x.0 == inspected[0].0), "{inspected:#?}");
+    let mut dirs = now.clone();
+    dirs.push(lost);
+    let inspected = inspect_after_stop(&mut c, &dirs);
+    let (stored, gone) = inspected.split_at(now.len());
+    assert!(stored.iter().all(|x| x.0 == stored[0].0), "{inspected:#?}");
+    let rows = &gone[0].3;
+    let user_rows: u64 =
+        rows.as_object().unwrap().iter().filter(|(cf, _)| *cf != "raft_meta").map(|(_, n)| n.as_u64().unwrap()).sum();
+    assert_eq!(user_rows, 0, "the returning peer keeps no user data: {rows}");
+    assert!(rows["raft_meta"].as_u64().unwrap() <= 1, "at most its vote: {rows}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
                 "digest": store.digest()?,
                 "applied_index": store.applied_index()?,
                 "chats": store.chat_digests()?,
+                "rows": store.row_counts()?,
             });
             println!("{out}");
             Ok(())

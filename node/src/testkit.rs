@@ -441,7 +441,7 @@ mod raft_peer {
                 ReplicaConfig { timeout: Duration::from_secs(3), snapshot_every: 5000, timings: Default::default() };
             let cluster = Arc::new(ClusterState::default());
             let replica = Replica::start(me, store.clone(), client, raft_rx, cluster, on_apply, cfg).await.unwrap();
-            let raft = replica.raft().clone();
+            let raft = replica.raft();
             let addr = addr_rx.await.unwrap();
             RaftPeer {
                 raft,

@@ -369,6 +369,10 @@ pub struct RaftView {
     pub snapshot_index: u64,
     /// Snapshots this node installed from a leader since it started.
     pub snapshots_installed: u64,
+    /// Log index of the membership in force here (0: none). On the leader, at most
+    /// `applied_index` means that membership is committed.
+    #[serde(default)]
+    pub membership_index: u64,
     /// Voters and learners (PeerIds) with their replication progress (leader only).
     pub peers: Vec<RaftPeerView>,
 }

@@ -47,8 +47,8 @@ pub(super) async fn run(replica: Replica) {
                 reconcile(&replica, &storage).await;
             }
             *lock(&replica.inner.leader_view) = Some(replica.status());
-        } else {
-            refresh_leader_view(&replica).await;
+        } else if let Some(leader) = refresh_leader_view(&replica).await {
+            forget_if_dropped(&replica, &leader).await;
         }
     }
 }
@@ -115,21 +115,44 @@ async fn settle<T, E: std::fmt::Display>(what: &str, change: impl std::future::F
 }
 
 /// Asks the leader (or, while none is known, some storage peer) for its status: the report
-/// shown in the cluster view, and for nodes outside the membership, where the leader is.
-async fn refresh_leader_view(replica: &Replica) {
+/// shown in the cluster view, and for nodes whose Raft knows no leader, where it is. Returns the
+/// report if it came from a leader.
+async fn refresh_leader_view(replica: &Replica) -> Option<RaftView> {
     let Some(peer) = replica.target().filter(|p| *p != replica.inner.me) else {
         *lock(&replica.inner.leader_view) = None;
-        return;
+        return None;
     };
-    let Ok(data) = raft_net::encode(&Request::Status) else { return };
+    let data = raft_net::encode(&Request::Status).ok()?;
     let reply = tokio::time::timeout(TICK, replica.inner.client.raft_request(peer, data)).await;
-    let Ok(Ok(bytes)) = reply else { return };
-    let Ok(Response::Status(view)) = raft_net::decode::<Response>(&bytes) else { return };
-    if !replica.is_member() {
-        *lock(&replica.inner.hint) = view.leader.as_deref().and_then(|l| l.parse().ok());
+    let Ok(Ok(bytes)) = reply else { return None };
+    let Ok(Response::Status(view)) = raft_net::decode::<Response>(&bytes) else { return None };
+    // Used only while this node's Raft cannot name the leader (not a member, or forgotten).
+    *lock(&replica.inner.hint) = view.leader.as_deref().and_then(|l| l.parse().ok()).filter(|l| *l != replica.inner.me);
+    (view.state == "leader").then(|| {
+        *lock(&replica.inner.leader_view) = Some((*view).clone());
+        *view
+    })
+}
+
+/// A node dropped from the replicated log forgets its copy: one that holds a log, that the
+/// coordinator no longer names a storage peer, and that a leader's COMMITTED membership (its
+/// log index applied) leaves out. Every later membership descends from that one, so no
+/// quorum will ever count on this copy again. A node that died as a storage peer, was
+/// replaced, and came back is the usual case; without this it would keep its stale copy of
+/// every user's data.
+async fn forget_if_dropped(replica: &Replica, leader: &RaftView) {
+    let me = replica.inner.me.to_base58();
+    let committed = leader.membership_index > 0 && leader.membership_index <= leader.applied_index;
+    let left_out = !leader.peers.is_empty() && !leader.peers.iter().any(|p| p.peer_id == me);
+    let assigned = replica.inner.cluster.view().assignment.is_some();
+    if !(committed && left_out && assigned && replica.is_member())
+        || replica.storage_peers().contains(&replica.inner.me)
+    {
+        return;
     }
-    if view.state == "leader" {
-        *lock(&replica.inner.leader_view) = Some(*view);
+    tracing::info!(membership_index = leader.membership_index, "the committed membership no longer holds this node");
+    if let Err(e) = replica.forget().await {
+        tracing::error!(error = %e, "cannot restart raft after dropping the log");
     }
 }
 
@@ -177,6 +200,7 @@ impl Replica {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             snapshots_installed: self.inner.installed.load(Ordering::Relaxed),
+            membership_index: m.membership_config.log_id().map_or(0, |l| l.index),
             peers,
         }
     }

@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Why a command or read could not be served. Nothing was acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,7 +101,8 @@ pub struct Replica {
 }
 
 struct Inner {
-    raft: Raft<TypeConfig>,
+    /// The Raft instance in use: replaced by a blank one when this node forgets its copy.
+    raft: watch::Sender<Raft<TypeConfig>>,
     me: PeerId,
     id: u64,
     store: Arc<Store>,
@@ -114,7 +115,10 @@ struct Inner {
     acked: AtomicU64,
     /// Rotates over storage peers while no leader is known.
     rotate: AtomicUsize,
+    /// Snapshots installed from a leader since the node started.
     installed: Arc<AtomicU64>,
+    /// What each applied batch is handed to (metrics, event notices).
+    on_apply: OnApply,
     /// The leader's last status report (commit index, peers' progress).
     leader_view: Mutex<Option<chorus_protocol::api::RaftView>>,
     /// On the leader, batches committed together (its own and forwarded ones) share one entry.
@@ -163,42 +167,26 @@ impl Replica {
         on_apply: OnApply,
         cfg: ReplicaConfig,
     ) -> Result<Replica, StartError> {
-        let config = openraft::Config {
-            cluster_name: "chorus".into(),
-            heartbeat_interval: 150,
-            election_timeout_min: 750,
-            election_timeout_max: 1500,
-            install_snapshot_timeout: 10_000,
-            // Entries are whole batches (up to 1024 commands or 4 MiB of file data): a few per
-            // append keeps each RPC small and quick, far under the 64 MiB frame limit.
-            max_payload_entries: 4,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
-            max_in_snapshot_log_to_keep: 0,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
         let leader = Arc::new(AtomicBool::new(false));
         let (notice_tx, notice_rx) = mpsc::channel::<(Vec<Notice>, Vec<String>)>(1024);
         let is_leader = leader.clone();
-        let apply: OnApply = Arc::new(move |out| {
+        let on_apply: OnApply = Arc::new(move |out| {
             on_apply(out);
             if is_leader.load(Ordering::Relaxed) && !(out.notices.is_empty() && out.revoked_sessions.is_empty()) {
                 let _ = notice_tx.try_send((out.notices.clone(), out.revoked_sessions.clone()));
             }
         });
-        let sm = StateStore::new(store.clone(), Some(apply));
-        let installed = sm.installed_counter();
         let id = raft_net::node_id(&me);
-        let network = raft_net::Network::new(client.clone());
-        let log_store = LogStore::new(store.clone(), cfg.timings.wal_sync.clone());
-        let raft = Raft::new(id, config, network, log_store, sm).await?;
+        let installed = Arc::new(AtomicU64::new(0));
+        let raft = open_raft(id, &store, &client, &cfg, &on_apply, &installed).await?;
+        let (raft, current) = watch::channel(raft);
         let merger = {
-            let (raft, timeout, timing) = (raft.clone(), cfg.timeout, cfg.timings.commit.clone());
+            let (timeout, timing) = (cfg.timeout, cfg.timings.commit.clone());
             log::Batcher::start(
                 log::MERGES_IN_FLIGHT,
                 |b: &Batch| b.0.iter().map(log::weight).sum(),
                 move |batches| {
-                    let raft = raft.clone();
+                    let raft = current.borrow().clone();
                     let timing = timing.clone();
                     async move {
                         let started = Instant::now();
@@ -222,6 +210,7 @@ impl Replica {
                 acked: AtomicU64::new(0),
                 rotate: AtomicUsize::new(0),
                 installed,
+                on_apply,
                 leader_view: Mutex::new(None),
                 merger,
                 tasks: Mutex::new(Vec::new()),
@@ -238,9 +227,9 @@ impl Replica {
         Ok(replica)
     }
 
-    /// The Raft handle.
-    pub fn raft(&self) -> &Raft<TypeConfig> {
-        &self.inner.raft
+    /// The Raft instance in use.
+    pub fn raft(&self) -> Raft<TypeConfig> {
+        self.inner.raft.borrow().clone()
     }
 
     /// Stops Raft and the background tasks.
@@ -248,9 +237,30 @@ impl Replica {
         for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
-        if let Err(e) = self.inner.raft.shutdown().await {
+        if let Err(e) = self.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+
+    /// Drops this node's copy of the replicated log and carries on as a blank node: stops
+    /// Raft, deletes the log, state and snapshot (the vote stays), and starts a fresh Raft on
+    /// the emptied store. Only for a node that no committed membership holds any more (see
+    /// `membership::forget_if_dropped`): nobody needs its copy, and it keeps no user data.
+    pub(crate) async fn forget(&self) -> Result<(), StartError> {
+        if let Err(e) = self.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let store = self.inner.store.clone();
+        // One WriteBatch: on failure the store is as it was, and Raft starts on it again.
+        match tokio::task::spawn_blocking(move || crate::storage::raft::forget(&store)).await {
+            Ok(Ok(())) => tracing::info!("dropped from the replicated log: its copy here is deleted"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot delete the copy of the log"),
+            Err(e) => tracing::error!(error = %e, "cannot delete the copy of the log"),
+        }
+        let i = &self.inner;
+        let raft = open_raft(i.id, &i.store, &i.client, &i.cfg, &i.on_apply, &i.installed).await?;
+        i.raft.send_replace(raft);
+        Ok(())
     }
 
     /// Commits `batch` on a majority of storage peers; one result per command.
@@ -278,19 +288,19 @@ impl Replica {
         if id == self.inner.id {
             return Some(self.inner.me);
         }
-        let m = self.inner.raft.metrics();
+        let m = self.raft().metrics();
         let m = m.borrow();
         m.membership_config.membership().get_node(&id).and_then(|n| n.peer_id.parse().ok())
     }
 
     /// Whether this node is in the Raft membership (holds the log).
     pub fn is_member(&self) -> bool {
-        is_member(&self.inner.raft.metrics().borrow())
+        is_member(&self.raft().metrics().borrow())
     }
 
     /// The Raft leader as this node knows it.
     pub fn leader(&self) -> Option<PeerId> {
-        let current = self.inner.raft.metrics().borrow().current_leader;
+        let current = self.raft().metrics().borrow().current_leader;
         current.and_then(|id| self.peer_of(id)).or_else(|| *lock(&self.inner.hint))
     }
 
@@ -337,7 +347,7 @@ impl Replica {
 
     /// Serves `op` as the leader (or says who is).
     async fn local(&self, op: &Op, remaining: Duration) -> Attempt {
-        let raft = &self.inner.raft;
+        let raft = self.raft();
         let (state, quorum_age, leader) = {
             let m = raft.metrics();
             let m = m.borrow();
@@ -424,6 +434,35 @@ impl Replica {
     }
 }
 
+/// Starts Raft over `store` (its log and state machine) with peers reached through `client`.
+async fn open_raft(
+    id: u64,
+    store: &Arc<Store>,
+    client: &Client,
+    cfg: &ReplicaConfig,
+    on_apply: &OnApply,
+    installed: &Arc<AtomicU64>,
+) -> Result<Raft<TypeConfig>, StartError> {
+    let config = openraft::Config {
+        cluster_name: "chorus".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 750,
+        election_timeout_max: 1500,
+        install_snapshot_timeout: 10_000,
+        // Entries are whole batches (up to 1024 commands or 4 MiB of file data): a few per
+        // append keeps each RPC small and quick, far under the 64 MiB frame limit.
+        max_payload_entries: 4,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
+    let sm = StateStore::new(store.clone(), Some(on_apply.clone())).counting_installs(installed.clone());
+    let log_store = LogStore::new(store.clone(), cfg.timings.wal_sync.clone());
+    let network = raft_net::Network::new(client.clone());
+    Ok(Raft::new(id, config, network, log_store, sm).await?)
+}
+
 /// Commits several batches as ONE log entry and hands each its own slice of the results.
 async fn commit_merged(raft: &Raft<TypeConfig>, batches: Vec<Batch>, timeout: Duration) -> Vec<Attempt> {
     let sizes: Vec<usize> = batches.iter().map(|b| b.0.len()).collect();
@@ -454,16 +493,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Keeps the leader flag (who publishes event notices) and the "member of the log" flag
-/// (announced in presence) in step with Raft.
+/// (announced in presence) in step with Raft, and with the Raft that replaces it.
 async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
-    let mut rx = replica.inner.raft.metrics();
+    let mut rafts = replica.inner.raft.subscribe();
     loop {
-        {
-            let m = rx.borrow_and_update();
-            leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
-            replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
+        let mut rx = rafts.borrow_and_update().metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
+                replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
+            }
+            if rx.changed().await.is_err() {
+                break; // this Raft stopped
+            }
         }
-        if rx.changed().await.is_err() {
+        if rafts.changed().await.is_err() {
             return;
         }
     }
@@ -489,7 +534,7 @@ async fn elect_on_leader_loss(replica: Replica) {
     while down.changed().await.is_ok() {
         let Some(peer) = *down.borrow_and_update() else { continue };
         let (leader, voters) = {
-            let m = replica.inner.raft.metrics();
+            let m = replica.raft().metrics();
             let m = m.borrow();
             (m.current_leader, m.membership_config.membership().voter_ids().collect::<Vec<u64>>())
         };
@@ -503,7 +548,7 @@ async fn elect_on_leader_loss(replica: Replica) {
         }
         if !first {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if replica.inner.raft.metrics().borrow().current_leader != Some(leader) {
+            if replica.raft().metrics().borrow().current_leader != Some(leader) {
                 continue; // someone took over
             }
         }
@@ -512,7 +557,7 @@ async fn elect_on_leader_loss(replica: Replica) {
         if first {
             tokio::time::sleep(FIRST_VOTER_RETRY).await;
             // Still a candidate: this node granted no one its vote and heard of no leader.
-            if replica.inner.raft.metrics().borrow().state == ServerState::Candidate {
+            if replica.raft().metrics().borrow().state == ServerState::Candidate {
                 tracing::info!("no voter won the election after the leader's loss; calling another");
                 call_election(&replica).await;
             }
@@ -521,7 +566,7 @@ async fn elect_on_leader_loss(replica: Replica) {
 }
 
 async fn call_election(replica: &Replica) {
-    if let Err(e) = replica.inner.raft.trigger().elect().await {
+    if let Err(e) = replica.raft().trigger().elect().await {
         tracing::warn!(error = %e, "cannot start an election");
     }
 }

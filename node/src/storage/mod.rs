@@ -231,6 +231,20 @@ impl Store {
         Ok(hex::encode(h.finalize()))
     }
 
+    /// Rows per column family (by name), the log's own included.
+    pub fn row_counts(&self) -> Result<std::collections::BTreeMap<&'static str, u64>, StorageError> {
+        let mut out = std::collections::BTreeMap::new();
+        for cf in Cf::all() {
+            let mut n = 0;
+            for row in self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
+                row?;
+                n += 1;
+            }
+            out.insert(cf.name(), n);
+        }
+        Ok(out)
+    }
+
     /// SHA-256 of each chat's messages (keys and records, in seq order), by chat id.
     pub fn chat_digests(&self) -> Result<std::collections::BTreeMap<String, String>, StorageError> {
         use sha2::{Digest, Sha256};

@@ -101,6 +101,35 @@ fn get_meta<T: for<'a> Deserialize<'a>>(store: &Store, key: &[u8]) -> Result<Opt
     store.get(Cf::RaftMeta, key).map_err(io_err)?.map(|b| unjson(&b)).transpose()
 }
 
+/// Deletes (in `wb`) every row of `cfs` whose key `doomed` picks.
+fn delete_rows(
+    s: &Store,
+    wb: &mut rocksdb::WriteBatch,
+    cfs: impl IntoIterator<Item = Cf>,
+    doomed: impl Fn(&[u8]) -> bool,
+) -> Result<(), AnyError> {
+    for cf in cfs {
+        for row in s.db.iterator_cf(s.cf(cf), rocksdb::IteratorMode::Start) {
+            let (k, _) = row.map_err(io_err)?;
+            if doomed(&k) {
+                wb.delete_cf(s.cf(cf), k);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot
+/// and the commit point, in one synced write. Only the vote stays (a node never votes twice in
+/// a term). For a node the committed membership no longer holds: it keeps no user data, and
+/// Raft started on the store afterwards is a blank node that can be added again.
+pub fn forget(store: &Store) -> Result<(), AnyError> {
+    let mut wb = rocksdb::WriteBatch::default();
+    delete_rows(store, &mut wb, Cf::STATE.into_iter().chain([Cf::RaftLog]), |_| true)?;
+    delete_rows(store, &mut wb, [Cf::RaftMeta], |k| k != VOTE)?;
+    write(store, wb, true)
+}
+
 /// The Raft log on RocksDB.
 #[derive(Debug, Clone)]
 pub struct LogStore {
@@ -324,9 +353,9 @@ impl StateStore {
         Self { store, on_apply, installed: Default::default() }
     }
 
-    /// Counts the snapshots installed from a leader (shared with clones).
-    pub fn installed_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.installed.clone()
+    /// Counts the snapshots installed from a leader in `counter` (shared with clones).
+    pub fn counting_installs(self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { installed: counter, ..self }
     }
 }
 
@@ -483,12 +512,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         blocking(&self.store, move |s| {
             let rows = parse_rows(&data)?;
             let mut wb = rocksdb::WriteBatch::default();
-            for cf in Cf::STATE {
-                for row in s.db.iterator_cf(s.cf(cf), rocksdb::IteratorMode::Start) {
-                    let (k, _) = row.map_err(io_err)?;
-                    wb.delete_cf(s.cf(cf), k);
-                }
-            }
+            delete_rows(s, &mut wb, Cf::STATE, |_| true)?;
             for (cf, k, v) in rows {
                 wb.put_cf(s.cf(cf), k, v);
             }
@@ -566,5 +590,38 @@ mod tests {
         assert!(sm2.store.user("carol").unwrap().is_some());
         let current = sm2.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+    }
+
+    #[tokio::test]
+    async fn forget_keeps_only_the_vote() {
+        let (_dir, mut log, mut sm) = Builder.build().await.unwrap();
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 7), 1),
+            payload: EntryPayload::Normal(Batch(vec![Command::CreateAccount {
+                username: "alice".into(),
+                display_name: None,
+                password_hash: "x".into(),
+                at: 1,
+            }])),
+        };
+        sm.apply([entry.clone()]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let store = sm.store.clone();
+        store.db.put_cf(store.cf(Cf::RaftLog), 1u64.to_be_bytes(), json(&entry)).unwrap();
+        let vote = Vote::new_committed(3, 7);
+        log.save_vote(&vote).await.unwrap();
+        log.save_committed(Some(entry.log_id)).await.unwrap();
+        assert!(store.user("alice").unwrap().is_some());
+
+        forget(&store).unwrap();
+        let rows = store.row_counts().unwrap();
+        assert!(rows.iter().all(|(cf, n)| *n == 0 || *cf == Cf::RaftMeta.name()), "{rows:?}");
+        assert_eq!(rows[Cf::RaftMeta.name()], 1, "only the vote");
+        let (mut log, mut sm) = (LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+        assert_eq!(sm.applied_state().await.unwrap(), (None, StoredMembership::default()));
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
     }
 }
