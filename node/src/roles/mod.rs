@@ -1,7 +1,8 @@
 //! Role policy (pure) and signed assignments.
 //!
-//! Policy: up to `replicas` storage peers (those already storage keep the role, then the
-//! lowest PeerIds among nodes not started with `--no-storage`); the other nodes split between
+//! Policy: up to `replicas` storage peers (those already storage keep the role, then nodes
+//! that hold the replicated log, then the lowest PeerIds; never a node started with
+//! `--no-storage`); the other nodes split between
 //! input (at least half, at least one) and relay. When every node is storage, every node is
 //! also input and relay: small clusters give one node several roles, a lone node all three.
 
@@ -31,7 +32,9 @@ pub fn assign(members: &[Candidate], previous_storage: &[PeerId], replicas: usiz
     let eligible = |p: &PeerId| sorted.iter().any(|c| c.peer_id == *p && !c.no_storage);
 
     let mut storage: Vec<PeerId> = previous_storage.iter().copied().filter(|p| eligible(p)).take(replicas).collect();
-    for c in &sorted {
+    // Then nodes that hold the log (a new coordinator knows no previous set): no data moves.
+    let holders_first = sorted.iter().filter(|c| c.raft_member).chain(sorted.iter().filter(|c| !c.raft_member));
+    for c in holders_first {
         if storage.len() >= replicas {
             break;
         }
@@ -129,5 +132,23 @@ mod tests {
         let survivors: Vec<Candidate> = bigger.iter().filter(|c| c.peer_id != previous[0]).cloned().collect();
         let c = assign(&survivors, &previous, 3);
         assert_eq!(count(&c, Role::Storage), 3);
+    }
+
+    #[test]
+    fn without_a_previous_set_the_log_holders_stay_storage() {
+        let mut m = peers(6);
+        m.sort_by_key(|c| c.peer_id.to_bytes());
+        // The three highest PeerIds hold the log (a full restart after replacements).
+        for c in m.iter_mut().skip(3) {
+            c.raft_member = true;
+        }
+        let a = assign(&m, &[], 3);
+        let storage: Vec<PeerId> = a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let holders: Vec<PeerId> = m.iter().skip(3).map(|c| c.peer_id).collect();
+        assert_eq!(storage, holders);
+        // A holder started with --no-storage is still passed over.
+        m[5].no_storage = true;
+        let b = assign(&m, &[], 3);
+        assert!(!b[5].1.contains(&Role::Storage) && count(&b, Role::Storage) == 3);
     }
 }
