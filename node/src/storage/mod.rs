@@ -151,8 +151,10 @@ impl Store {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
-        // One memtable budget for all CFs together (the default is 64 MiB per CF).
-        opts.set_db_write_buffer_size(64 * 1024 * 1024);
+        // One memtable budget for all CFs together (the default is 64 MiB per CF). Small, so
+        // each flush is short: a flush still slows the write path while it runs, and at 64 MiB
+        // the send p999 at 1,000 msg/s was 11 - 24 ms against 9 - 17 ms at 16 MiB.
+        opts.set_db_write_buffer_size(16 * 1024 * 1024);
         // One block cache for all CFs (the default is a cache per CF).
         let cache = rocksdb::Cache::new_lru_cache(64 * 1024 * 1024);
         let cfs = Cf::all().map(|cf| {
