@@ -61,6 +61,9 @@ pub enum StartError {
     /// Raft failed to start (storage unreadable).
     #[error("raft: {0}")]
     Raft(#[from] openraft::error::Fatal<u64>),
+    /// The store could not be prepared for Raft.
+    #[error("raft storage: {0}")]
+    Storage(String),
 }
 
 /// Replication settings.
@@ -457,6 +460,11 @@ async fn open_raft(
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
+    let recovering = store.clone();
+    tokio::task::spawn_blocking(move || crate::storage::raft::recover_interrupted_install(&recovering))
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?
+        .map_err(|e| StartError::Storage(e.to_string()))?;
     let sm = StateStore::new(store.clone(), Some(on_apply.clone())).counting_installs(installed.clone());
     let log_store = LogStore::new(store.clone(), cfg.timings.wal_sync.clone());
     let network = raft_net::Network::new(client.clone());

@@ -13,6 +13,7 @@ mod queries;
 pub mod raft;
 pub mod read;
 pub mod records;
+mod snapshot;
 mod state_machine;
 
 pub use state_machine::{applied_index_row, ApplyOutput, Notice, StateMachine};

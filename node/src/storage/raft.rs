@@ -8,10 +8,10 @@
 //! applied log id and membership go in the SAME WriteBatch as the applied data, so after a
 //! crash the machine is at some applied id and openraft re-applies the rest from the log.
 //!
-//! A snapshot is every row of the state CFs (a RocksDB snapshot, so it is consistent) in a
-//! simple length-prefixed framing; installing one replaces those CFs in one WriteBatch.
+//! Snapshots are files: see [`super::snapshot`].
 
 use super::log_tail::Tail;
+use super::snapshot;
 use super::state_machine::{applied_index_row, ApplyOutput, StateMachine};
 use super::{Cf, StorageError as DbError, Store};
 use chorus_protocol::{Applied, Command, CommandError};
@@ -23,7 +23,6 @@ use openraft::{
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
@@ -52,7 +51,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = RaftNode,
         Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 type NodeId = u64;
@@ -67,7 +66,10 @@ const PURGED: &[u8] = b"last_purged";
 const SM_APPLIED: &[u8] = b"sm_applied";
 const SM_MEMBERSHIP: &[u8] = b"sm_membership";
 const SNAP_META: &[u8] = b"snapshot_meta";
-const SNAP_DATA: &[u8] = b"snapshot_data";
+/// Where snapshots were kept before they were files; deleted when a snapshot is stored.
+const LEGACY_SNAP_DATA: &[u8] = b"snapshot_data";
+/// Set while an install replaces the state CFs (see [`super::snapshot`]).
+const INSTALLING: &[u8] = b"installing_snapshot";
 
 fn io_err(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
@@ -127,7 +129,21 @@ pub fn forget(store: &Store) -> Result<(), AnyError> {
     let mut wb = rocksdb::WriteBatch::default();
     delete_rows(store, &mut wb, Cf::STATE.into_iter().chain([Cf::RaftLog]), |_| true)?;
     delete_rows(store, &mut wb, [Cf::RaftMeta], |k| k != VOTE)?;
-    write(store, wb, true)
+    write(store, wb, true)?;
+    snapshot::remove_all(store)
+}
+
+/// Run before Raft starts on `store`: deletes snapshot files a crash left half written, and if
+/// a snapshot install was interrupted (a mix of old and new state), forgets this node's copy
+/// so that it is sent a snapshot again. Returns whether it had to forget.
+pub fn recover_interrupted_install(store: &Store) -> Result<bool, AnyError> {
+    snapshot::remove_temp_files(store)?;
+    if store.get(Cf::RaftMeta, INSTALLING).map_err(io_err)?.is_none() {
+        return Ok(false);
+    }
+    tracing::warn!("a snapshot install was interrupted; dropping the partial copy");
+    forget(store)?;
+    Ok(true)
 }
 
 /// The Raft log on RocksDB.
@@ -359,87 +375,30 @@ impl StateStore {
     }
 }
 
-/// Every row of the state CFs, framed as `cf(u8) klen(u32) key vlen(u32) value`.
-type Membership = StoredMembership<NodeId, RaftNode>;
-/// One row of a snapshot: column family, key, value.
-type Row<'a> = (Cf, &'a [u8], &'a [u8]);
-
-/// A consistent copy of the state: where it stands in the log, and every state row.
-struct Dump {
-    applied: Option<LogId<NodeId>>,
-    membership: Membership,
-    data: Vec<u8>,
-}
-
-fn dump_state(s: &Store) -> Result<Dump, AnyError> {
-    let snap = s.db.snapshot();
-    let read = |k: &[u8]| -> Result<Option<Vec<u8>>, AnyError> { snap.get_cf(s.cf(Cf::RaftMeta), k).map_err(io_err) };
-    let applied: Option<LogId<NodeId>> = read(SM_APPLIED)?.map(|b| unjson(&b)).transpose()?;
-    let membership: StoredMembership<NodeId, RaftNode> =
-        read(SM_MEMBERSHIP)?.map(|b| unjson(&b)).transpose()?.unwrap_or_default();
-    let mut out = Vec::new();
-    for (i, cf) in Cf::STATE.iter().enumerate() {
-        for row in snap.iterator_cf(s.cf(*cf), rocksdb::IteratorMode::Start) {
-            let (k, v) = row.map_err(io_err)?;
-            out.push(i as u8);
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
-        }
-    }
-    Ok(Dump { applied, membership, data: out })
-}
-
-/// Parses [`dump_state`]'s framing.
-fn parse_rows(mut data: &[u8]) -> Result<Vec<Row<'_>>, AnyError> {
-    let bad = || io_err("truncated snapshot");
-    let mut rows = Vec::new();
-    let take = |n: usize, data: &mut &[u8]| -> Result<Vec<u8>, AnyError> {
-        if data.len() < n {
-            return Err(bad());
-        }
-        let (head, rest) = data.split_at(n);
-        *data = rest;
-        Ok(head.to_vec())
-    };
-    while !data.is_empty() {
-        let cf = *Cf::STATE.get(take(1, &mut data)?[0] as usize).ok_or_else(bad)?;
-        let klen = u32::from_be_bytes(take(4, &mut data)?.try_into().map_err(|_| bad())?) as usize;
-        if data.len() < klen {
-            return Err(bad());
-        }
-        let (k, rest) = data.split_at(klen);
-        data = rest;
-        let vlen = u32::from_be_bytes(take(4, &mut data)?.try_into().map_err(|_| bad())?) as usize;
-        if data.len() < vlen {
-            return Err(bad());
-        }
-        let (v, rest) = data.split_at(vlen);
-        data = rest;
-        rows.push((cf, k, v));
-    }
-    Ok(rows)
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
-        let (meta, data) = blocking(&self.store, |s| {
-            let Dump { applied, membership, data } = dump_state(s)?;
+        let (meta, path) = blocking(&self.store, |s| {
+            let snap = s.db.snapshot();
+            let read = |k: &[u8]| snap.get_cf(s.cf(Cf::RaftMeta), k).map_err(io_err);
+            let applied: Option<LogId<NodeId>> = read(SM_APPLIED)?.map(|b| unjson(&b)).transpose()?;
+            let last_membership = read(SM_MEMBERSHIP)?.map(|b| unjson(&b)).transpose()?.unwrap_or_default();
+            let (tmp, size) = snapshot::write_rows(s, &snap)?;
             let snapshot_id = match applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-                None => format!("empty-{}", data.len()),
+                Some(l) => format!("{}-{}-{size}", l.leader_id.term, l.index),
+                None => format!("empty-{size}"),
             };
-            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+            snapshot::keep(s, &tmp, &snapshot_id)?;
+            let meta = SnapshotMeta { last_log_id: applied, last_membership, snapshot_id };
             let mut wb = rocksdb::WriteBatch::default();
             wb.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
-            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_DATA, &data);
+            wb.delete_cf(s.cf(Cf::RaftMeta), LEGACY_SNAP_DATA);
             write(s, wb, false)?;
-            Ok((meta, data))
+            Ok((meta.clone(), snapshot::path(s, &meta.snapshot_id)))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let file = tokio::fs::File::open(path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -496,47 +455,60 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SError> {
+        let file = blocking(&self.store, snapshot::receiving_file)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, RaftNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let meta = meta.clone();
-        let data = snapshot.into_inner();
         let sig = meta.signature();
+        let err = |e| StorageError::from(StorageIOError::write_snapshot(Some(sig.clone()), e));
+        let mut received = *snapshot;
+        received.flush().await.map_err(|e| err(io_err(e)))?;
+        received.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| err(io_err(e)))?;
+        let received = received.into_std().await;
         self.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         blocking(&self.store, move |s| {
-            let rows = parse_rows(&data)?;
-            let mut wb = rocksdb::WriteBatch::default();
-            delete_rows(s, &mut wb, Cf::STATE, |_| true)?;
-            for (cf, k, v) in rows {
-                wb.put_cf(s.cf(cf), k, v);
-            }
-            wb.put_cf(s.cf(Cf::RaftMeta), SM_APPLIED, json(&meta.last_log_id));
-            wb.put_cf(s.cf(Cf::RaftMeta), SM_MEMBERSHIP, json(&meta.last_membership));
-            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
-            wb.put_cf(s.cf(Cf::RaftMeta), SNAP_DATA, &data);
-            write(s, wb, true)
+            let tmp = snapshot::copy_in(s, received)?;
+            snapshot::check(&tmp)?;
+            let mut marker = rocksdb::WriteBatch::default();
+            marker.put_cf(s.cf(Cf::RaftMeta), INSTALLING, json(&meta));
+            write(s, marker, true)?;
+            let mut last = rocksdb::WriteBatch::default();
+            last.put_cf(s.cf(Cf::RaftMeta), SM_APPLIED, json(&meta.last_log_id));
+            last.put_cf(s.cf(Cf::RaftMeta), SM_MEMBERSHIP, json(&meta.last_membership));
+            last.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
+            last.delete_cf(s.cf(Cf::RaftMeta), LEGACY_SNAP_DATA);
+            last.delete_cf(s.cf(Cf::RaftMeta), INSTALLING);
+            snapshot::load_rows(s, &tmp, last)?;
+            snapshot::keep(s, &tmp, &meta.snapshot_id)
         })
         .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(sig), e).into())
+        .map_err(err)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
-        blocking(&self.store, |s| {
+        let found = blocking(&self.store, |s| {
             let meta: Option<SnapshotMeta<NodeId, RaftNode>> = get_meta(s, SNAP_META)?;
-            let data = s.get(Cf::RaftMeta, SNAP_DATA).map_err(io_err)?;
-            Ok(match (meta, data) {
-                (Some(meta), Some(data)) => Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }),
-                _ => None,
-            })
+            Ok(meta.map(|m| (snapshot::path(s, &m.snapshot_id), m)))
         })
         .await
-        .map_err(|e| StorageIOError::read_snapshot(None, e).into())
+        .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        let Some((path, meta)) = found else { return Ok(None) };
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
+            // Recorded by an older version, or lost: openraft builds a new one when it needs one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
+        }
     }
 }
 
@@ -593,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forget_keeps_only_the_vote() {
+    async fn forget_keeps_only_the_vote_and_an_interrupted_install_forgets() {
         let (_dir, mut log, mut sm) = Builder.build().await.unwrap();
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(3, 7), 1),
@@ -613,7 +585,12 @@ mod tests {
         log.save_committed(Some(entry.log_id)).await.unwrap();
         assert!(store.user("alice").unwrap().is_some());
 
-        forget(&store).unwrap();
+        assert!(snapshot::dir(&store).exists());
+        assert!(!recover_interrupted_install(&store).unwrap(), "nothing to recover");
+        // A crash in the middle of an install: the next start forgets the copy.
+        store.db.put_cf(store.cf(Cf::RaftMeta), INSTALLING, b"{}").unwrap();
+        assert!(recover_interrupted_install(&store).unwrap());
+        assert!(!snapshot::dir(&store).exists(), "snapshot files deleted");
         let rows = store.row_counts().unwrap();
         assert!(rows.iter().all(|(cf, n)| *n == 0 || *cf == Cf::RaftMeta.name()), "{rows:?}");
         assert_eq!(rows[Cf::RaftMeta.name()], 1, "only the vote");
