@@ -52,7 +52,8 @@ fn wait_ready(c: &LocalCluster) -> usize {
     }
 }
 
-#[tokio::main]
+// One worker: the load generator leaves the cores to the nodes it measures.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let senders = flag("--senders", 64.0) as usize;
     let seconds = flag("--seconds", 10.0);

@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
         CliCommand::Run(config) => {
             // Blocking threads serve RocksDB reads and argon2; a small pool bounds memory (each
             // thread brings its own malloc arena) without starving the 2-core machines we target.
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = config.worker_threads {
+                rt.worker_threads(n.into());
+            }
+            let rt = rt.enable_all().max_blocking_threads(16).build()?;
             rt.block_on(chorus_node::run(config, shutdown_signal()))?;
             Ok(())
         }
@@ -69,6 +73,7 @@ fn local_cluster(nodes: u16, data_dir: &std::path::Path, http_port: u16, p2p_por
         let dir = data_dir.join(format!("node-{i}"));
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("run").arg("--data-dir").arg(&dir);
+        cmd.args(["--worker-threads", &chorus_node::config::shared_worker_threads(nodes.into()).to_string()]);
         cmd.args(["--http", &format!("127.0.0.1:{}", http_port + i)]);
         cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", p2p_port + i)]);
         if i > 0 {

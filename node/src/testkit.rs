@@ -261,8 +261,11 @@ impl LocalCluster {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
         let seed = format!("/ip4/127.0.0.1/tcp/{port}");
+        // The nodes share this machine's cores, as `chorus-node cluster`'s do.
+        let workers = crate::config::shared_worker_threads(each.len()).to_string();
+        let shared = ["--worker-threads", workers.as_str()];
         let flags: Vec<Vec<String>> =
-            each.iter().map(|f| f.iter().chain(common).map(|s| s.to_string()).collect()).collect();
+            each.iter().map(|f| f.iter().chain(common).chain(&shared).map(|s| s.to_string()).collect()).collect();
         let dirs: Vec<_> = (0..each.len()).map(|_| tempfile::tempdir().expect("temp dir")).collect();
         let nodes = dirs
             .iter()
