@@ -30,26 +30,8 @@ fn flag(name: &str, default: f64) -> f64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
 }
 
-/// The Raft leader's node index once every node names it and it has three caught-up voters.
-fn ready(c: &LocalCluster) -> Option<usize> {
-    let views: Vec<(usize, ClusterView)> = c.views();
-    let leader = views.first()?.1.raft.as_ref()?.leader.clone()?;
-    let all_agree = views.len() == c.live()
-        && views.iter().all(|(_, v)| v.raft.as_ref().is_some_and(|r| r.leader.as_ref() == Some(&leader)));
-    let (i, lv) = views.iter().find(|(_, v)| v.this.peer_id == leader)?;
-    let peers = &lv.raft.as_ref()?.peers;
-    (all_agree && peers.iter().filter(|p| p.voter && p.lag == Some(0)).count() == 3).then_some(*i)
-}
-
 fn wait_ready(c: &LocalCluster) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(i) = ready(c) {
-            return i;
-        }
-        assert!(Instant::now() < deadline, "cluster not ready: {:#?}", c.views());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_until("the Raft group to be ready", Duration::from_secs(60), |c| c.raft_ready(3))
 }
 
 // One worker: the load generator leaves the cores to the nodes it measures.

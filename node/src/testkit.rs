@@ -312,6 +312,18 @@ impl LocalCluster {
             .then_some((coordinator, epoch))
     }
 
+    /// The Raft leader's node index once every live node names it and it reports `voters`
+    /// voters, all holding its whole log.
+    pub fn raft_ready(&self, voters: usize) -> Option<usize> {
+        let views = self.views();
+        let leader = views.first()?.1.raft.as_ref()?.leader.clone()?;
+        let all_agree = views.len() == self.live()
+            && views.iter().all(|(_, v)| v.raft.as_ref().is_some_and(|r| r.leader.as_ref() == Some(&leader)));
+        let (i, lv) = views.iter().find(|(_, v)| v.this.peer_id == leader)?;
+        let peers = &lv.raft.as_ref()?.peers;
+        (all_agree && peers.iter().filter(|p| p.voter && p.lag == Some(0)).count() == voters).then_some(*i)
+    }
+
     /// Waits for [`LocalCluster::settled`]; panics with every node's log after `timeout`.
     pub fn wait_settled(&self, timeout: Duration) -> (String, u64) {
         self.wait_until("the cluster to settle", timeout, LocalCluster::settled)

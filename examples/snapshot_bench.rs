@@ -1,0 +1,114 @@
+//! Snapshot catch-up benchmark: how much memory a storage peer needs to catch up by snapshot,
+//! and how long it takes, with real `chorus-node` processes on 127.0.0.1.
+//!
+//! A 4-node cluster (3 storage peers, a snapshot every 64 log entries) stores `--mib` MiB of
+//! files (incompressible, `--file-mib` MiB each). Then a storage follower is `kill -9`ed for
+//! good: the coordinator promotes the fourth node, which has nothing and must install the
+//! leader's snapshot. Prints JSON: the data size, the seconds from the kill until the newcomer
+//! is a caught-up voter, and peak RSS: the newcomer's is its install's cost, the surviving
+//! follower's that of applying the uploads (the leader also served them over HTTP).
+//!
+//! ```text
+//! cargo build --release --workspace --bins --examples
+//! target/release/examples/snapshot_bench --mib 512 --file-mib 32
+//! ```
+
+#[path = "load/mod.rs"]
+#[allow(dead_code)] // this bench uses a few of the shared helpers
+mod load;
+
+use chorus_node::testkit::LocalCluster;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn flag(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+}
+
+const FLAGS: &[&str] = &[
+    "--user-rps",
+    "0",
+    "--registrations-per-minute",
+    "0",
+    "--logins-per-minute",
+    "0",
+    "--snapshot-every",
+    "64",
+    "--max-file-size",
+    "1073741824",
+];
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let (mib, file_mib) = (flag("--mib", 512), flag("--file-mib", 32).max(1));
+    load::settle_disk();
+    let mut c = LocalCluster::start(4, FLAGS);
+    let wait = Duration::from_secs(120);
+    let leader = c.wait_until("the Raft group to be ready", wait, |c| c.raft_ready(3));
+    let views = c.views();
+    let storage: Vec<usize> = views
+        .iter()
+        .filter(|(_, v)| v.raft.as_ref().is_some_and(|r| r.state == "leader" || r.state == "follower"))
+        .map(|(i, _)| *i)
+        .collect();
+    let newcomer = (0..4).find(|i| !storage.contains(i)).expect("a node outside the log");
+    // Uploads go through the leader, so the newcomer's memory is its install's alone.
+    let url = c.nodes[leader].as_ref().expect("leader").url.clone();
+
+    let http = reqwest::Client::new();
+    let token = load::users(&http, std::slice::from_ref(&url), "snap", 2).await.remove(0);
+    let started = Instant::now();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..mib.div_ceil(file_mib) {
+        // xorshift: incompressible, so LZ4 does not shrink what the snapshot carries.
+        let body: Vec<u8> = (0..file_mib * 1024 * 128)
+            .flat_map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()
+            })
+            .collect();
+        let resp = http
+            .post(format!("{url}/api/v1/files?name=f{i}.bin"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+            .await
+            .expect("upload");
+        assert!(resp.status().is_success(), "upload {i}: {}", resp.status());
+    }
+    let upload_s = started.elapsed().as_secs_f64();
+    // The leader has a snapshot covering the files (a snapshot every 64 entries).
+    let stored = c.wait_until("a snapshot on the leader", wait, |c| {
+        let (_, v) = c.views().into_iter().find(|(i, _)| *i == leader)?;
+        let r = v.raft?;
+        (r.snapshot_index > 0 && r.snapshot_index + 64 >= r.applied_index).then_some(r.snapshot_index)
+    });
+
+    let lost = *storage.iter().find(|i| **i != leader).expect("a follower");
+    let killed = Instant::now();
+    c.kill9(lost);
+    let installed = c.wait_until("the newcomer to catch up by snapshot", wait, |c| {
+        let (_, v) = c.views().into_iter().find(|(i, _)| *i == newcomer)?;
+        let r = v.raft?;
+        (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r.snapshots_installed)
+    });
+    let catch_up_s = killed.elapsed().as_secs_f64();
+    let rss = |i: usize| c.nodes[i].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0);
+    let report = json!({
+        "bench": "snapshot_catch_up",
+        "data_mib": mib.div_ceil(file_mib) * file_mib,
+        "upload_seconds": upload_s,
+        "leader_snapshot_index": stored,
+        "catch_up_seconds": catch_up_s,
+        "snapshots_installed": installed,
+        "peak_rss_mib": {
+            "leader": rss(leader),
+            "newcomer": rss(newcomer),
+            "surviving_follower": storage.iter().find(|i| **i != leader && **i != lost).map(|i| rss(*i)),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
