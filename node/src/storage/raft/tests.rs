@@ -1,0 +1,88 @@
+//! The Raft storage against openraft's suite, snapshots, and forgetting.
+
+use super::*;
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership, Vote};
+use prometheus_client::metrics::histogram::Histogram;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), SError> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let store = Arc::new(Store::open(dir.path()).map_err(|e| StorageIOError::write(io_err(e)))?);
+        Ok((dir, LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None)))
+    }
+}
+
+#[test]
+fn passes_the_openraft_storage_suite() {
+    Suite::test_all(Builder).unwrap();
+}
+
+#[tokio::test]
+async fn snapshots_carry_the_chat_state() {
+    let (_d1, mut log1, mut sm1) = Builder.build().await.unwrap();
+    let _ = &mut log1;
+    let account =
+        |n: &str| Command::CreateAccount { username: n.into(), display_name: None, password_hash: "x".into(), at: 1 };
+    let mut entry = Entry::<TypeConfig> {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
+        payload: EntryPayload::Normal(Batch(vec![account("alice"), account("bob"), account("alice")])),
+    };
+    let results = sm1.apply([entry.clone()]).await.unwrap();
+    assert_eq!(results[0].0.len(), 3);
+    assert!(results[0].0[2].is_err(), "duplicate refused");
+    entry.log_id.index = 2;
+    entry.payload = EntryPayload::Normal(Batch(vec![account("carol")]));
+    sm1.apply([entry]).await.unwrap();
+    let snap = sm1.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+
+    let (_d2, _log2, mut sm2) = Builder.build().await.unwrap();
+    sm2.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert_eq!(sm2.store.digest().unwrap(), sm1.store.digest().unwrap());
+    assert_eq!(sm2.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    assert!(sm2.store.user("carol").unwrap().is_some());
+    let current = sm2.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+}
+
+#[tokio::test]
+async fn forget_keeps_only_the_vote_and_an_interrupted_install_forgets() {
+    let (_dir, mut log, mut sm) = Builder.build().await.unwrap();
+    let entry = Entry::<TypeConfig> {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(3, 7), 1),
+        payload: EntryPayload::Normal(Batch(vec![Command::CreateAccount {
+            username: "alice".into(),
+            display_name: None,
+            password_hash: "x".into(),
+            at: 1,
+        }])),
+    };
+    sm.apply([entry.clone()]).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let store = sm.store.clone();
+    store.db.put_cf(store.cf(Cf::RaftLog), 1u64.to_be_bytes(), json(&entry)).unwrap();
+    let vote = Vote::new_committed(3, 7);
+    log.save_vote(&vote).await.unwrap();
+    log.save_committed(Some(entry.log_id)).await.unwrap();
+    assert!(store.user("alice").unwrap().is_some());
+
+    assert!(snapshot::dir(&store).exists());
+    assert!(!recover_interrupted_install(&store).unwrap(), "nothing to recover");
+    // A crash in the middle of an install: the next start forgets the copy.
+    store.db.put_cf(store.cf(Cf::RaftMeta), INSTALLING, b"{}").unwrap();
+    assert!(recover_interrupted_install(&store).unwrap());
+    assert!(!snapshot::dir(&store).exists(), "snapshot files deleted");
+    let rows = store.row_counts().unwrap();
+    assert!(rows.iter().all(|(cf, n)| *n == 0 || *cf == Cf::RaftMeta.name()), "{rows:?}");
+    assert_eq!(rows[Cf::RaftMeta.name()], 1, "only the vote");
+    let (mut log, mut sm) = (LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None));
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), None);
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+    assert_eq!(sm.applied_state().await.unwrap(), (None, StoredMembership::default()));
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+}
