@@ -141,6 +141,17 @@ impl EventLoop {
             Command::Validate { id, propagation, acceptance } => {
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &propagation, acceptance);
             }
+            Command::Subscribe { topic, on } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+                if on {
+                    if let Err(e) = gossip.subscribe(&topic) {
+                        tracing::warn!(%topic, error = %e, "cannot subscribe");
+                    }
+                } else {
+                    gossip.unsubscribe(&topic);
+                }
+            }
             Command::SendElection { to, msg, reply } => {
                 let id = self.swarm.behaviour_mut().election.send_request(&to, msg);
                 self.pending.insert(id, reply);

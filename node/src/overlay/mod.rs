@@ -113,6 +113,7 @@ pub(crate) enum Command {
     RaftReply { id: u64, data: Vec<u8> },
     Publish { topic: &'static str, data: Vec<u8>, reply: oneshot::Sender<Result<(), OverlayError>> },
     Validate { id: MessageId, propagation: PeerId, acceptance: MessageAcceptance },
+    Subscribe { topic: &'static str, on: bool },
     SendElection { to: PeerId, msg: Msg<PeerId>, reply: oneshot::Sender<Result<(), OverlayError>> },
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
 }
@@ -144,6 +145,11 @@ impl Client {
     /// Reports the verdict on a received gossip message (forward it, or not).
     pub async fn validate(&self, id: MessageId, propagation: PeerId, acceptance: MessageAcceptance) {
         let _ = self.tx.send(Command::Validate { id, propagation, acceptance }).await;
+    }
+
+    /// Joins (`on`) or leaves a gossipsub topic. Leaving stops receiving it, and forwarding it.
+    pub async fn subscribe(&self, topic: &'static str, on: bool) {
+        let _ = self.tx.send(Command::Subscribe { topic, on }).await;
     }
 
     /// Sends an election message and waits for the acknowledgement.

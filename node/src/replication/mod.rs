@@ -33,7 +33,7 @@ use crate::overlay::{Client, OverlayError, RaftInbound};
 use crate::storage::raft::{Batch, BatchResult, LogStore, OnApply, StateStore, TypeConfig};
 use crate::storage::read::Query;
 use crate::storage::{Notice, Store};
-use chorus_protocol::cluster::Role;
+use chorus_protocol::cluster::{Role, EVENTS_TOPIC};
 use libp2p::PeerId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState, SnapshotPolicy};
@@ -502,15 +502,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Keeps the leader flag (who publishes event notices) and the "member of the log" flag
 /// (announced in presence) in step with Raft, and with the Raft that replaces it.
+///
+/// Also keeps the node on the event-notice topic only while it does not apply the log: a
+/// storage peer learns each batch's events from its own apply (`OnApply` feeds its hub), so
+/// the leader's gossip would only cost it a signature check and a decode per notice. Others,
+/// input and relay peers, need the gossip and stay subscribed.
 async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
     let mut rafts = replica.inner.raft.subscribe();
+    let mut gossip_wanted = true; // the overlay starts subscribed
     loop {
         let mut rx = rafts.borrow_and_update().metrics();
         loop {
-            {
+            let applies = {
                 let m = rx.borrow_and_update();
                 leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
                 replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
+                m.membership_config.membership().get_node(&replica.inner.id).is_some()
+            };
+            if applies == gossip_wanted {
+                gossip_wanted = !applies;
+                replica.inner.client.subscribe(EVENTS_TOPIC, gossip_wanted).await;
             }
             if rx.changed().await.is_err() {
                 break; // this Raft stopped
