@@ -10,7 +10,8 @@
 //!    |                                                                  | else: Forward over /chorus/raft/1
 //!    +--query--> Replica::read --(leader here: local, else Query RPC)--> Query::run on the leader
 //!
-//! leader's apply --notices--> gossip chorus/v1/events --> every node's hub --> streams
+//! every storage peer's apply --notices--> its hub --> streams
+//! leader's apply --notices--> gossip chorus/v1/events --> hub of each node outside the log --> streams
 //! ```
 //!
 //! * Writes are acknowledged only after a majority of storage peers hold them durably and the
