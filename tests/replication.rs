@@ -8,7 +8,6 @@ mod common;
 use chorus_node::testkit::{node_bin, wait_for, LocalCluster};
 use chorus_protocol::api::ClusterView;
 use common::Api;
-use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,8 +133,7 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
     befriend(node(3), &alice, node(4), &bob, "bob", "alice").await;
 
     // Bob listens on node 2 while the messages go in through every node.
-    let sse = node(2).http.get(format!("{}/api/v1/events?after=0", node(2).base)).bearer_auth(&bob).send().await;
-    let sse = sse.unwrap().bytes_stream();
+    let mut stream = node(2).events(&bob).await;
     let n = 30;
     for i in 0..n {
         let (who, token, path) = if i % 2 == 0 {
@@ -158,7 +156,6 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
     }
 
     // Bob's stream on node 2 delivered every message once, in order.
-    let mut stream = Sse { body: Box::pin(sse), buf: String::new() };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while seen.len() < n {
@@ -171,9 +168,7 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
     // arrive well inside the streams' 2 s fallback poll, twice in a row: a stream served only
     // by its poll would miss the second deadline, its poll timer having just restarted.
     for i in 0..5 {
-        let url = format!("{}/api/v1/events?after=0", node(i).base);
-        let body = node(i).http.get(url).bearer_auth(&bob).send().await.unwrap().bytes_stream();
-        let mut stream = Sse { body: Box::pin(body), buf: String::new() };
+        let mut stream = node(i).events(&bob).await;
         for k in 0..2 {
             let text = format!("push {i}.{k}");
             node((i + 1) % 5).post("/api/v1/dms/bob/messages", Some(&alice), json!({ "text": text })).await;
@@ -215,31 +210,6 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
         if !storage.contains(i) {
             assert_eq!(v.raft.as_ref().unwrap().applied_index, 0, "node {i} is not storage but applied entries");
         }
-    }
-}
-
-/// An SSE response body, read frame by frame.
-struct Sse {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: String,
-}
-
-impl Sse {
-    /// The texts of the message events in the next chunk; panics at `deadline`.
-    async fn messages(&mut self, deadline: tokio::time::Instant) -> Vec<String> {
-        let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.expect("SSE delivers in time");
-        self.buf.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
-        let mut texts = Vec::new();
-        while let Some(end) = self.buf.find("\n\n") {
-            let frame: String = self.buf.drain(..end + 2).collect();
-            for line in frame.lines().filter_map(|l| l.strip_prefix("data:")) {
-                let ev: Value = serde_json::from_str(line.trim()).unwrap();
-                if ev["type"] == "message" {
-                    texts.push(ev["message"]["text"].as_str().unwrap().to_owned());
-                }
-            }
-        }
-        texts
     }
 }
 
