@@ -355,6 +355,11 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
     let back = Api::new(&c.nodes[lost].as_ref().unwrap().url);
     assert_eq!(history(&back, &alice, "dm:alice:bob").await.len(), 101);
     wait_replicated(&c, SETTLE);
+    // Stop the returning peer first: while the others shut down, the coordinator would rightly
+    // promote it to replace them, and a snapshot could start arriving before it stops.
+    if let Some(n) = c.nodes[lost].take() {
+        n.terminate();
+    }
     let mut dirs = now.clone();
     dirs.push(lost);
     let inspected = inspect_after_stop(&mut c, &dirs);
