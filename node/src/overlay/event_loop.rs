@@ -50,7 +50,14 @@ impl EventLoop {
             .with_behaviour(|_| behaviour)
             .map_err(|e| build(e.to_string()))?
             // Explicit long idle timeout: the default (10 s) drops quiet cluster links.
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            // V1Lazy: a dialer offering one protocol sends it with the first request bytes
+            // instead of waiting a round trip for the listener's confirmation. Every node speaks
+            // every protocol we dial, so the one risk (an unsupported protocol failing late,
+            // taking the connection with it) does not arise inside a cluster.
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(3600))
+                    .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+            })
             .build();
         for topic in [CONTROL_TOPIC, EVENTS_TOPIC] {
             swarm
