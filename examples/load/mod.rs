@@ -124,7 +124,7 @@ pub struct Load {
 
 /// Sender `i` posts to its partner `i ^ 1` through `bases[i % len]` until `until`; paced to
 /// `rate` msg/s in total if given. With `receive`, each partner listens on SSE through the
-/// next node and the delivery of every message is timed.
+/// next node and the delivery of every message to its recipient is timed.
 pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens: &[String], load: Load) -> Outcome {
     let Load { senders, seconds, rate, receive } = load;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
@@ -134,6 +134,8 @@ pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens:
         for i in 0..senders {
             let base = bases[(i + 1) % bases.len()].clone();
             let (http, token, sent, delivered) = (http.clone(), tokens[i ^ 1].clone(), sent.clone(), delivered.clone());
+            // A DM is an event for both members: only the recipient's stream times it.
+            let me = format!("{prefix}{}", i ^ 1);
             let resp = http.get(format!("{base}/api/v1/events")).bearer_auth(&token).send().await.expect("sse");
             receivers.push(tokio::spawn(async move {
                 use futures::StreamExt;
@@ -146,6 +148,9 @@ pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens:
                         let frame: String = buf.drain(..end + 2).collect();
                         let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
                         let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                        if ev["message"]["sender"].as_str() == Some(me.as_str()) {
+                            continue;
+                        }
                         let Some(id) = ev["message"]["client_msg_id"].as_str() else { continue };
                         if let Some(t) = sent.lock().unwrap().remove(id) {
                             delivered.lock().unwrap().push(now - t);
