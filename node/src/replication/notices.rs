@@ -6,10 +6,11 @@ use chorus_protocol::cluster::{EventNotices, EVENTS_TOPIC};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// How long the publisher waits for more notices before it sends: one gossip message then
-/// covers many log entries.
-const NOTICE_LINGER: Duration = Duration::from_millis(5);
+/// The least time between two notices. A notice after a quiet spell goes out at once; while
+/// entries commit faster than this, each notice covers all the entries since the last one.
+const NOTICE_GAP: Duration = Duration::from_millis(5);
 /// Users per gossip message.
 const NOTICE_USERS: usize = 2000;
 /// A user's events are carried only up to this size (else streams read them from storage).
@@ -17,11 +18,13 @@ const CARRY_PER_USER: usize = 64 * 1024;
 /// Carried event bytes per gossip message (gossip's limit is 1 MiB).
 const CARRY_PER_MESSAGE: usize = 512 * 1024;
 
-/// Publishes the leader's event notices, coalesced: per user the newest seq and the events
+/// Publishes the leader's event notices, coalesced (at most one per [`NOTICE_GAP`]): per user the newest seq and the events
 /// since the last notice, a gossip message per 2,000 users or 512 KiB of events.
 pub(super) async fn publish(client: Client, mut rx: mpsc::Receiver<(Vec<Notice>, Vec<String>)>) {
+    let mut last = Instant::now().checked_sub(NOTICE_GAP).unwrap_or_else(Instant::now);
     while let Some(first) = rx.recv().await {
-        tokio::time::sleep(NOTICE_LINGER).await;
+        tokio::time::sleep_until(last + NOTICE_GAP).await;
+        last = Instant::now();
         let mut latest: HashMap<String, (u64, Vec<chorus_protocol::Event>)> = HashMap::new();
         let mut revoked = Vec::new();
         let mut add = |(notices, sessions): (Vec<Notice>, Vec<String>)| {
