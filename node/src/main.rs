@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
                 "applied_index": store.applied_index()?,
                 "chats": store.chat_digests()?,
                 "rows": store.row_counts()?,
+                "raft_meta_keys": store.raft_meta_keys()?,
             });
             println!("{out}");
             Ok(())

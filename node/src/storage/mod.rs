@@ -257,6 +257,12 @@ impl Store {
         Ok(out)
     }
 
+    /// The keys of the log's own rows (vote, committed, snapshot meta, ...), for `inspect`.
+    pub fn raft_meta_keys(&self) -> Result<Vec<String>, StorageError> {
+        let rows = self.db.iterator_cf(self.cf(Cf::RaftMeta), rocksdb::IteratorMode::Start);
+        rows.map(|row| Ok(String::from_utf8_lossy(&row?.0).into_owned())).collect()
+    }
+
     /// SHA-256 of each chat's messages (keys and records, in seq order), by chat id.
     pub fn chat_digests(&self) -> Result<std::collections::BTreeMap<String, String>, StorageError> {
         use sha2::{Digest, Sha256};
