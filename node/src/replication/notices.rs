@@ -18,8 +18,9 @@ const CARRY_PER_USER: usize = 64 * 1024;
 /// Carried event bytes per gossip message (gossip's limit is 1 MiB).
 const CARRY_PER_MESSAGE: usize = 512 * 1024;
 
-/// Publishes the leader's event notices, coalesced (at most one per [`NOTICE_GAP`]): per user the newest seq and the events
-/// since the last notice, a gossip message per 2,000 users or 512 KiB of events.
+/// Publishes the leader's event notices, coalesced (at most one per [`NOTICE_GAP`]): per user
+/// the newest seq and the events since the last notice, a gossip message per 2,000 users or
+/// 512 KiB of events.
 pub(super) async fn publish(client: Client, mut rx: mpsc::Receiver<(Vec<Notice>, Vec<String>)>) {
     let mut last = Instant::now().checked_sub(NOTICE_GAP).unwrap_or_else(Instant::now);
     while let Some(first) = rx.recv().await {
