@@ -7,6 +7,7 @@
 //!
 //! All calls here block: async callers go through `spawn_blocking` or the writer thread.
 
+mod hot_rows;
 mod keys;
 mod log_tail;
 mod queries;
@@ -123,6 +124,8 @@ pub(crate) type Row = (Box<[u8]>, Box<[u8]>);
 /// The open database.
 pub struct Store {
     db: DB,
+    /// The rows commands read by key, in memory (kept equal to `db` for the keys it holds).
+    hot: hot_rows::HotRows,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,7 +180,7 @@ impl Store {
                 StorageError::Rocks(e)
             }
         })?;
-        Ok(Self { db })
+        Ok(Self { db, hot: Default::default() })
     }
 
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {

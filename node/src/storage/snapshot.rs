@@ -122,6 +122,13 @@ pub(crate) fn remove_all(s: &Store) -> Result<(), AnyError> {
 /// Replaces the state CFs with the rows of the snapshot file at `file`, in WriteBatches of at
 /// most ~4 MiB (not synced: the caller's last batch is). `last` goes in the final batch.
 pub(crate) fn load_rows(s: &Store, file: &Path, last: rocksdb::WriteBatch) -> Result<(), AnyError> {
+    let loaded = replace_rows(s, file, last);
+    // Whether or not it got to the end, the state CFs changed under the row cache.
+    s.hot.clear();
+    loaded
+}
+
+fn replace_rows(s: &Store, file: &Path, last: rocksdb::WriteBatch) -> Result<(), AnyError> {
     let write = |wb: rocksdb::WriteBatch| s.db.write(wb).map_err(io_err);
     let mut wb = rocksdb::WriteBatch::default();
     for cf in Cf::STATE {

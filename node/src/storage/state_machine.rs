@@ -112,6 +112,7 @@ impl<'a> StateMachine<'a> {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync);
         self.store.db.write_opt(wb, &wo)?;
+        self.store.hot.wrote(&tx.batch);
         out.notices = tx
             .events
             .into_iter()
@@ -148,7 +149,12 @@ impl Tx<'_> {
         if let Some(v) = self.cmd.get(&k).or_else(|| self.batch.get(&k)) {
             return Ok(v.clone());
         }
-        self.store.get(cf, key)
+        if let Some(v) = self.store.hot.get(cf, key) {
+            return Ok(v);
+        }
+        let v = self.store.get(cf, key)?;
+        self.store.hot.put(cf, key, v.clone());
+        Ok(v)
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StorageError> {

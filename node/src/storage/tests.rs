@@ -220,3 +220,30 @@ fn notices_carry_exactly_the_events_applied() {
     }
     assert!(out.notices.iter().all(|n| n.user != "carol"), "{:?}", out.notices);
 }
+
+#[test]
+fn bulk_rewrites_leave_no_stale_cached_rows() {
+    // `b` sends one DM (its row cache now holds the chat at seq 1), then loads `a`'s rows,
+    // where the chat is at seq 40: b's next send must be seq 41, exactly as on `a`.
+    let (_d1, a) = open();
+    let (_d2, b) = open();
+    let batches = script();
+    run(&a, &batches);
+    run(&b, &batches[..3]);
+    let dm = ChatId::dm("alice", "bob");
+    StateMachine::new(&b).apply_batch(&[msg(&dm, "alice", 1, None)], vec![applied_index_row(4)], true).unwrap();
+    let (file, _) = snapshot::write_rows(&a, &a.db.snapshot()).unwrap();
+    snapshot::load_rows(&b, &file, rocksdb::WriteBatch::default()).unwrap();
+    let next = [msg(&dm, "bob", 999, None)];
+    for s in [&a, &b] {
+        let out = StateMachine::new(s).apply_batch(&next, vec![applied_index_row(6)], true).unwrap();
+        assert!(matches!(out.results[0], Ok(Applied::MessageSent { seq: 41, .. })), "{:?}", out.results);
+    }
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+
+    // `forget` empties the store: the friendship the cache saw is gone too.
+    raft::forget(&b).unwrap();
+    let again = [account("alice"), account("bob"), msg(&dm, "bob", 1000, None)];
+    let out = StateMachine::new(&b).apply_batch(&again, vec![applied_index_row(1)], true).unwrap();
+    assert_eq!(out.results[2], Err(CommandError::NotFriends("alice".into())));
+}

@@ -128,7 +128,9 @@ pub fn forget(store: &Store) -> Result<(), AnyError> {
     let mut wb = rocksdb::WriteBatch::default();
     delete_rows(store, &mut wb, Cf::STATE.into_iter().chain([Cf::RaftLog]), |_| true)?;
     delete_rows(store, &mut wb, [Cf::RaftMeta], |k| k != VOTE)?;
-    write(store, wb, true)?;
+    let written = write(store, wb, true);
+    store.hot.clear();
+    written?;
     snapshot::remove_all(store)
 }
 

@@ -1,0 +1,134 @@
+//! An in-memory copy of the rows the state machine reads for nearly every command.
+//!
+//! A DM makes every replica read the chat record, the friendship and both members' event
+//! counters. Those rows are rewritten all the time, so they sit in the memtable, and each read
+//! was a skiplist search over every version written since the last flush: a sixth of a storage
+//! follower's CPU. This cache answers them from a hash map instead.
+//!
+//! It is always equal to the database for the keys it holds (a cached `None` is a row known
+//! to be absent):
+//! - The state machine is the only writer of user data while Raft runs. It reads through the
+//!   cache and, once its WriteBatch is written, puts the same rows in it ([`HotRows::wrote`]).
+//!   Apply is serialized, so no read can race a write.
+//! - The other writers of the state CFs (snapshot install, `forget`) replace everything and
+//!   [`HotRows::clear`] the cache.
+
+use super::Cf;
+use lru::LruCache;
+use std::sync::{Mutex, MutexGuard};
+
+/// Most bytes of keys and values held (plus a fixed charge per row for the map itself).
+const BUDGET_BYTES: usize = 16 * 1024 * 1024;
+const ROW_OVERHEAD: usize = 64;
+
+type Key = (Cf, Vec<u8>);
+
+/// See the module docs. One per [`super::Store`].
+#[derive(Debug)]
+pub(crate) struct HotRows(Mutex<Rows>);
+
+#[derive(Debug)]
+struct Rows {
+    lru: LruCache<Key, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+fn charge(key: &Key, value: &Option<Vec<u8>>) -> usize {
+    key.1.len() + value.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD
+}
+
+impl Rows {
+    fn insert(&mut self, key: Key, value: Option<Vec<u8>>) {
+        self.bytes += charge(&key, &value);
+        if let Some((old_key, old)) = self.lru.push(key, value) {
+            self.bytes -= charge(&old_key, &old);
+        }
+        while self.bytes > BUDGET_BYTES {
+            let Some((key, value)) = self.lru.pop_lru() else { break };
+            self.bytes -= charge(&key, &value);
+        }
+    }
+}
+
+impl Default for HotRows {
+    fn default() -> Self {
+        Self(Mutex::new(Rows { lru: LruCache::unbounded(), bytes: 0 }))
+    }
+}
+
+impl HotRows {
+    /// The CFs whose rows commands read by key: accounts, friendships, groups, chats and the
+    /// event counters. (Idempotency keys are read once, files and requests rarely.)
+    pub(crate) fn holds(cf: Cf) -> bool {
+        matches!(cf, Cf::Users | Cf::Friends | Cf::Groups | Cf::Chats | Cf::Meta)
+    }
+
+    fn rows(&self) -> MutexGuard<'_, Rows> {
+        // The map is left consistent at every step, so a panic elsewhere cannot poison it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The row if cached: `Some(None)` means known absent, `None` not cached.
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if !Self::holds(cf) {
+            return None;
+        }
+        self.rows().lru.get(&(cf, key.to_vec())).cloned()
+    }
+
+    /// Remembers a row just read from the database.
+    pub(crate) fn put(&self, cf: Cf, key: &[u8], value: Option<Vec<u8>>) {
+        if Self::holds(cf) {
+            self.rows().insert((cf, key.to_vec()), value);
+        }
+    }
+
+    /// Records rows just written to the database (`None`: deleted).
+    pub(crate) fn wrote<'a>(&self, written: impl IntoIterator<Item = (&'a Key, &'a Option<Vec<u8>>)>) {
+        let mut rows = self.rows();
+        for (key, value) in written {
+            if Self::holds(key.0) {
+                rows.insert(key.clone(), value.clone());
+            }
+        }
+    }
+
+    /// Forgets everything (the state CFs were rewritten behind the state machine's back).
+    pub(crate) fn clear(&self) {
+        let mut rows = self.rows();
+        rows.lru.clear();
+        rows.bytes = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.rows().lru.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_budget_evicting_the_least_recently_used() {
+        let hot = HotRows::default();
+        let mib = || Some(vec![7u8; 1024 * 1024]);
+        hot.put(Cf::Chats, b"kept", mib());
+        for i in 0..40 {
+            hot.put(Cf::Chats, format!("row{i}").as_bytes(), mib());
+            assert!(hot.get(Cf::Chats, b"kept").is_some(), "a row read between inserts stays");
+        }
+        assert!(hot.rows().bytes <= BUDGET_BYTES);
+        assert_eq!(hot.get(Cf::Chats, b"row0"), None, "the oldest unread row went first");
+        assert_eq!(hot.get(Cf::Chats, b"row39"), Some(mib()));
+        assert!(hot.len() < 41);
+
+        hot.put(Cf::Idempotency, b"once", Some(vec![1]));
+        assert_eq!(hot.get(Cf::Idempotency, b"once"), None, "only the CFs read by key are held");
+        hot.put(Cf::Users, b"absent", None);
+        assert_eq!(hot.get(Cf::Users, b"absent"), Some(None), "a known absence is cached too");
+        hot.clear();
+        assert_eq!((hot.len(), hot.rows().bytes), (0, 0));
+    }
+}
