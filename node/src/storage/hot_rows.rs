@@ -10,16 +10,21 @@
 //! - The state machine is the only writer of user data while Raft runs. It reads through the
 //!   cache and, once its WriteBatch is written, puts the same rows in it ([`HotRows::wrote`]).
 //!   Apply is serialized, so no read can race a write.
+//! - Each user's newest event seq (the last key of their event log, which otherwise takes a
+//!   reverse seek to find) is kept the same way ([`HotRows::event_seqs`]).
 //! - The other writers of the state CFs (snapshot install, `forget`) replace everything and
 //!   [`HotRows::clear`] the cache.
 
 use super::Cf;
 use lru::LruCache;
+use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
 
 /// Most bytes of keys and values held (plus a fixed charge per row for the map itself).
 const BUDGET_BYTES: usize = 16 * 1024 * 1024;
 const ROW_OVERHEAD: usize = 64;
+/// Most users whose newest event seq is held.
+const SEQ_USERS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 
 type Key = (Cf, Vec<u8>);
 
@@ -31,6 +36,7 @@ pub(crate) struct HotRows(Mutex<Rows>);
 struct Rows {
     lru: LruCache<Key, Option<Vec<u8>>>,
     bytes: usize,
+    event_seqs: LruCache<String, u64>,
 }
 
 fn charge(key: &Key, value: &Option<Vec<u8>>) -> usize {
@@ -52,7 +58,7 @@ impl Rows {
 
 impl Default for HotRows {
     fn default() -> Self {
-        Self(Mutex::new(Rows { lru: LruCache::unbounded(), bytes: 0 }))
+        Self(Mutex::new(Rows { lru: LruCache::unbounded(), bytes: 0, event_seqs: LruCache::new(SEQ_USERS) }))
     }
 }
 
@@ -93,11 +99,31 @@ impl HotRows {
         }
     }
 
+    /// `user`'s newest event seq, from the cache or else from `load` (which reads the
+    /// database).
+    pub(crate) fn last_event_seq<E>(&self, user: &str, load: impl FnOnce() -> Result<u64, E>) -> Result<u64, E> {
+        if let Some(seq) = self.rows().event_seqs.get(user) {
+            return Ok(*seq);
+        }
+        let seq = load()?;
+        self.rows().event_seqs.put(user.to_owned(), seq);
+        Ok(seq)
+    }
+
+    /// Records users' newest event seqs just written to the database.
+    pub(crate) fn event_seqs<'a>(&self, seqs: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut rows = self.rows();
+        for (user, seq) in seqs {
+            rows.event_seqs.put(user.to_owned(), seq);
+        }
+    }
+
     /// Forgets everything (the state CFs were rewritten behind the state machine's back).
     pub(crate) fn clear(&self) {
         let mut rows = self.rows();
         rows.lru.clear();
         rows.bytes = 0;
+        rows.event_seqs.clear();
     }
 
     #[cfg(test)]
@@ -128,7 +154,12 @@ mod tests {
         assert_eq!(hot.get(Cf::Idempotency, b"once"), None, "only the CFs read by key are held");
         hot.put(Cf::Users, b"absent", None);
         assert_eq!(hot.get(Cf::Users, b"absent"), Some(None), "a known absence is cached too");
+        hot.event_seqs([("alice", 7)]);
+        assert_eq!(hot.last_event_seq("alice", || Err("read")), Ok(7));
+        assert_eq!(hot.last_event_seq("bob", || Ok::<_, ()>(3)), Ok(3), "loaded once");
+        assert_eq!(hot.last_event_seq("bob", || Err(())), Ok(3), "then cached");
         hot.clear();
         assert_eq!((hot.len(), hot.rows().bytes), (0, 0));
+        assert_eq!(hot.last_event_seq("alice", || Ok::<_, ()>(0)), Ok(0), "seqs are cleared too");
     }
 }

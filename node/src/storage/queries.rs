@@ -118,7 +118,12 @@ impl Store {
 
     /// Newest event seq of `user` (0: none).
     pub fn last_event_seq(&self, user: &str) -> Result<u64, StorageError> {
-        Ok(self.get(Cf::Meta, &join(&[b"evseq", user.as_bytes()]))?.and_then(|v| seq_of(&v)).unwrap_or(0))
+        let last = seq_key(user.as_bytes(), u64::MAX);
+        let mode = rocksdb::IteratorMode::From(&last, rocksdb::Direction::Reverse);
+        match self.db.iterator_cf(self.cf(Cf::Events), mode).next().transpose()? {
+            Some((k, _)) if k.starts_with(&prefix(user.as_bytes())) => Ok(seq_of(&k).unwrap_or(0)),
+            _ => Ok(0),
+        }
     }
 
     /// A file's metadata.

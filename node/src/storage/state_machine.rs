@@ -118,6 +118,7 @@ impl<'a> StateMachine<'a> {
             .into_iter()
             .filter_map(|(user, events)| Some(Notice { user, seq: events.last()?.seq, events }))
             .collect();
+        self.store.hot.event_seqs(out.notices.iter().map(|n| (n.user.as_str(), n.seq)));
         Ok(out)
     }
 }
@@ -177,17 +178,24 @@ impl Tx<'_> {
         self.cmd.insert((cf, key), None);
     }
 
-    /// Appends an event to `user`'s log. The counter, the row and the notice are staged like
-    /// any write, so a refused command's events vanish with it.
+    /// Appends an event to `user`'s log. The row and the notice are staged like any write, so
+    /// a refused command's events vanish with it.
     fn emit(&mut self, user: &str, at: Millis, kind: EventKind) -> Result<(), StorageError> {
-        let counter = join(&[b"evseq", user.as_bytes()]);
-        let last = self.get(Cf::Meta, &counter)?.map(|v| be_u64(&v)).unwrap_or(0);
-        let seq = last + 1;
-        self.put(Cf::Meta, counter, seq.to_be_bytes().to_vec());
+        let seq = self.last_event_seq(user)? + 1;
         let event = Event { seq, at, kind };
         self.put_json(Cf::Events, seq_key(user.as_bytes(), seq), &event);
         self.cmd_events.push((user.to_owned(), event));
         Ok(())
+    }
+
+    /// The newest event seq of `user`: this command's or the batch's events first, then the
+    /// database's (no counter row: the last key of the user's log says it).
+    fn last_event_seq(&self, user: &str) -> Result<u64, StorageError> {
+        let staged = self.cmd_events.iter().rev().find(|(u, _)| u == user).map(|(_, e)| e.seq);
+        match staged.or_else(|| self.events.get(user).and_then(|evs| evs.last()).map(|e| e.seq)) {
+            Some(seq) => Ok(seq),
+            None => self.store.hot.last_event_seq(user, || self.store.last_event_seq(user)),
+        }
     }
 
     fn user_exists(&self, user: &str) -> Result<bool, StorageError> {
@@ -210,10 +218,6 @@ impl Tx<'_> {
         let key = join(&[user.as_bytes(), chat_id.to_string().as_bytes()]);
         self.put_json(Cf::Members, key, &MemberRec { joined_at: at });
     }
-}
-
-fn be_u64(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn ok<T>(v: T) -> Res<T> {

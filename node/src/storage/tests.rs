@@ -194,6 +194,13 @@ fn reopen_keeps_everything() {
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(s.digest().unwrap(), digest);
     assert!(matches!(Store::open(dir.path()), Err(StorageError::InUse(_))), "a second opener gets a clear error");
+    // A reopened store (nothing cached) continues every event log where it stopped.
+    let before = ["alice", "bob"].map(|u| s.last_event_seq(u).unwrap());
+    let out = StateMachine::new(&s)
+        .apply_batch(&[msg(&ChatId::dm("alice", "bob"), "bob", 77, None)], vec![applied_index_row(6)], true)
+        .unwrap();
+    let seqs: Vec<u64> = out.notices.iter().map(|n| n.seq).collect();
+    assert_eq!(seqs, before.map(|seq| seq + 1));
 }
 
 #[test]
