@@ -1,7 +1,7 @@
 //! An in-memory copy of the rows the state machine reads for nearly every command.
 //!
-//! A DM makes every replica read the chat record, the friendship and both members' event
-//! counters. Those rows are rewritten all the time, so they sit in the memtable, and each read
+//! A DM makes every replica read the chat record, the friendship and both members' newest
+//! event seqs. Those rows are rewritten all the time, so they sit in the memtable, and each read
 //! was a skiplist search over every version written since the last flush: a sixth of a storage
 //! follower's CPU. This cache answers them from a hash map instead.
 //!
@@ -26,7 +26,8 @@ const ROW_OVERHEAD: usize = 64;
 /// Most users whose newest event seq is held.
 const SEQ_USERS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 
-type Key = (Cf, Vec<u8>);
+/// A row's column family and key.
+pub(crate) type Key = (Cf, Vec<u8>);
 
 /// See the module docs. One per [`super::Store`].
 #[derive(Debug)]
@@ -63,10 +64,10 @@ impl Default for HotRows {
 }
 
 impl HotRows {
-    /// The CFs whose rows commands read by key: accounts, friendships, groups, chats and the
-    /// event counters. (Idempotency keys are read once, files and requests rarely.)
+    /// The CFs whose rows commands read by key: accounts, friendships, groups and chats.
+    /// (Idempotency keys are read once, files and requests rarely, `meta` never.)
     pub(crate) fn holds(cf: Cf) -> bool {
-        matches!(cf, Cf::Users | Cf::Friends | Cf::Groups | Cf::Chats | Cf::Meta)
+        matches!(cf, Cf::Users | Cf::Friends | Cf::Groups | Cf::Chats)
     }
 
     fn rows(&self) -> MutexGuard<'_, Rows> {
@@ -75,17 +76,17 @@ impl HotRows {
     }
 
     /// The row if cached: `Some(None)` means known absent, `None` not cached.
-    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        if !Self::holds(cf) {
+    pub(crate) fn get(&self, key: &Key) -> Option<Option<Vec<u8>>> {
+        if !Self::holds(key.0) {
             return None;
         }
-        self.rows().lru.get(&(cf, key.to_vec())).cloned()
+        self.rows().lru.get(key).cloned()
     }
 
     /// Remembers a row just read from the database.
-    pub(crate) fn put(&self, cf: Cf, key: &[u8], value: Option<Vec<u8>>) {
-        if Self::holds(cf) {
-            self.rows().insert((cf, key.to_vec()), value);
+    pub(crate) fn put(&self, key: Key, value: Option<Vec<u8>>) {
+        if Self::holds(key.0) {
+            self.rows().insert(key, value);
         }
     }
 
@@ -136,24 +137,28 @@ impl HotRows {
 mod tests {
     use super::*;
 
+    fn row(cf: Cf, key: &str) -> Key {
+        (cf, key.as_bytes().to_vec())
+    }
+
     #[test]
     fn stays_within_budget_evicting_the_least_recently_used() {
         let hot = HotRows::default();
         let mib = || Some(vec![7u8; 1024 * 1024]);
-        hot.put(Cf::Chats, b"kept", mib());
+        hot.put(row(Cf::Chats, "kept"), mib());
         for i in 0..40 {
-            hot.put(Cf::Chats, format!("row{i}").as_bytes(), mib());
-            assert!(hot.get(Cf::Chats, b"kept").is_some(), "a row read between inserts stays");
+            hot.put(row(Cf::Chats, &format!("row{i}")), mib());
+            assert!(hot.get(&row(Cf::Chats, "kept")).is_some(), "a row read between inserts stays");
         }
         assert!(hot.rows().bytes <= BUDGET_BYTES);
-        assert_eq!(hot.get(Cf::Chats, b"row0"), None, "the oldest unread row went first");
-        assert_eq!(hot.get(Cf::Chats, b"row39"), Some(mib()));
+        assert_eq!(hot.get(&row(Cf::Chats, "row0")), None, "the oldest unread row went first");
+        assert_eq!(hot.get(&row(Cf::Chats, "row39")), Some(mib()));
         assert!(hot.len() < 41);
 
-        hot.put(Cf::Idempotency, b"once", Some(vec![1]));
-        assert_eq!(hot.get(Cf::Idempotency, b"once"), None, "only the CFs read by key are held");
-        hot.put(Cf::Users, b"absent", None);
-        assert_eq!(hot.get(Cf::Users, b"absent"), Some(None), "a known absence is cached too");
+        hot.put(row(Cf::Idempotency, "once"), Some(vec![1]));
+        assert_eq!(hot.get(&row(Cf::Idempotency, "once")), None, "only the CFs read by key are held");
+        hot.put(row(Cf::Users, "absent"), None);
+        assert_eq!(hot.get(&row(Cf::Users, "absent")), Some(None), "a known absence is cached too");
         hot.event_seqs([("alice", 7)]);
         assert_eq!(hot.last_event_seq("alice", || Err("read")), Ok(7));
         assert_eq!(hot.last_event_seq("bob", || Ok::<_, ()>(3)), Ok(3), "loaded once");

@@ -2,9 +2,9 @@
 //!
 //! A batch of commands (one log entry under group commit) becomes ONE RocksDB WriteBatch,
 //! written with a synced WAL before anyone is answered. Inside apply there is no clock, no
-//! randomness and no iteration over the database: every command reads point keys through an
-//! overlay that sees the earlier commands of the same batch, and a refused command leaves no
-//! trace (its staged writes are dropped).
+//! randomness and no scan: every command reads point keys (and, for a user's newest event seq,
+//! the last key of their log) through an overlay that sees the earlier commands of the same
+//! batch, and a refused command leaves no trace (its staged writes are dropped).
 
 use super::keys::{join, seq_key};
 use super::records::*;
@@ -150,11 +150,11 @@ impl Tx<'_> {
         if let Some(v) = self.cmd.get(&k).or_else(|| self.batch.get(&k)) {
             return Ok(v.clone());
         }
-        if let Some(v) = self.store.hot.get(cf, key) {
+        if let Some(v) = self.store.hot.get(&k) {
             return Ok(v);
         }
         let v = self.store.get(cf, key)?;
-        self.store.hot.put(cf, key, v.clone());
+        self.store.hot.put(k, v.clone());
         Ok(v)
     }
 
