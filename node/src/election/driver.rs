@@ -225,9 +225,14 @@ impl Driver {
                     if verdict == MessageAcceptance::Accept {
                         // If the node is too busy to take it, the streams' poll covers it.
                         let _ = self.notices.try_send(data);
-                    } else {
-                        tracing::debug!(%source, "ignored an event notice from a peer that is not a storage peer");
+                        let client = self.client.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RELAY_HOLD).await;
+                            client.validate(id, propagation, verdict).await;
+                        });
+                        return;
                     }
+                    tracing::debug!(%source, "ignored an event notice from a peer that is not a storage peer");
                     verdict
                 };
                 self.client.validate(id, propagation, verdict).await;
@@ -531,6 +536,15 @@ impl Driver {
 /// peer of the assignment in force (the Raft leader is one) may publish them. Anything else is
 /// ignored: not passed on, and its forwarder not penalised (it may be an honest relay, or the
 /// notice may predate an assignment change; the streams' poll covers a lost notice).
+/// How long an accepted event notice waits before this node relays it to its mesh peers (it is
+/// handed to the local streams at once). The leader sends each notice straight to every
+/// subscriber, and each subscriber tells its mesh peers on receipt that it has the notice
+/// (gossipsub v1.2 IDONTWANT). Relaying at once crossed those announcements on the wire, so
+/// every input node received, and checked the signature of, a second copy from each mesh peer.
+/// After the hold the announcements have arrived and gossipsub skips those peers; a node the
+/// leader cannot reach directly still gets the notice, this much later.
+const RELAY_HOLD: Duration = Duration::from_millis(5);
+
 fn notice_acceptance(assignment: Option<&RoleAssignment>, source: &PeerId) -> MessageAcceptance {
     let source = source.to_base58();
     if assignment.is_some_and(|a| a.holders(Role::Storage).any(|p| p == source)) {
