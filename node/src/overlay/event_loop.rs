@@ -7,7 +7,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, kad, mdns, noise, ping, tcp, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -45,7 +45,11 @@ impl EventLoop {
         let behaviour = Behaviour::new(&key, &config)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                super::coalesce::CoalescedYamux::default,
+            )
             .map_err(|e| build(e.to_string()))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| build(e.to_string()))?

@@ -9,9 +9,11 @@
 //! Behaviours: identify (`/chorus/1.0.0`), ping, Kademlia in server mode
 //! (`/chorus/kad/1.0.0`), gossipsub (signed, strict, validated by the application), mDNS when
 //! enabled, request-response for election messages (`/chorus/election/1`), and a circuit
-//! relay v2 server.
+//! relay v2 server. Connections are TCP, noise and yamux; yamux writes through `coalesce`, so
+//! the frames of one connection poll leave in one TCP segment.
 
 mod behaviour;
+mod coalesce;
 mod event_loop;
 pub mod identity;
 
