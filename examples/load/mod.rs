@@ -1,6 +1,8 @@
 //! Load generation shared by the benches: users paired as friends, senders posting DMs (closed
 //! loop, or paced open loop), optional SSE receivers that time delivery.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +76,55 @@ pub async fn users(http: &reqwest::Client, bases: &[String], prefix: &str, n: us
         post(http, url, Some(&tokens[i + 1]), json!({"to": format!("{prefix}{i}")})).await;
     }
     tokens
+}
+
+/// One sender's own keep-alive HTTP/1.1 connection. The load generator shares the machine's two
+/// cores with the nodes it measures, so a send should cost it little: reqwest's pool, retry
+/// layer and per-request client clone cost about a third more CPU per message than this.
+pub struct Conn {
+    authority: String,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    /// A connection to `base` (`http://host:port`), opened on first use and again after an error.
+    pub fn new(base: &str) -> Self {
+        Self { authority: base.trim_start_matches("http://").to_owned(), sender: None }
+    }
+
+    /// POSTs a JSON body with a bearer token; the status and the body.
+    pub async fn post(&mut self, path: &str, token: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+        let result = self.try_post(path, token, body).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn try_post(&mut self, path: &str, token: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+        let sender = match &mut self.sender {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let tcp = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+                tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                self.sender.insert(sender)
+            }
+        };
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
 }
 
 /// What one load phase measured.
@@ -166,9 +217,9 @@ pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens:
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..senders {
-        let (http, base, token, errors, sent) =
-            (http.clone(), bases[i % bases.len()].clone(), tokens[i].clone(), errors.clone(), sent.clone());
-        let partner = format!("{prefix}{}", i ^ 1);
+        let (mut conn, token, errors, sent) =
+            (Conn::new(&bases[i % bases.len()]), tokens[i].clone(), errors.clone(), sent.clone());
+        let path = format!("/api/v1/dms/{prefix}{}/messages", i ^ 1);
         tasks.push(tokio::spawn(async move {
             let mut acks = Vec::new();
             // Stagger the senders evenly over one period: an open-loop, evenly spaced load.
@@ -183,17 +234,9 @@ pub async fn run(http: &reqwest::Client, bases: &[String], prefix: &str, tokens:
                 let id = format!("{i}-{n}-{}", start.elapsed().as_nanos());
                 let t = Instant::now();
                 sent.lock().unwrap().insert(id.clone(), t);
-                let r = http
-                    .post(format!("{base}/api/v1/dms/{partner}/messages"))
-                    .bearer_auth(&token)
-                    .json(&json!({"text": format!("bench message {n} from {i}"), "client_msg_id": id}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        let _ = r.bytes().await;
-                        acks.push((t, Instant::now()));
-                    }
+                let body = json!({"text": format!("bench message {n} from {i}"), "client_msg_id": id}).to_string();
+                match conn.post(&path, &token, body.into_bytes()).await {
+                    Ok((201, _)) => acks.push((t, Instant::now())),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
