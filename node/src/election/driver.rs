@@ -532,10 +532,6 @@ impl Driver {
     }
 }
 
-/// Event notices carry events that streams push to clients as they are, so only a storage
-/// peer of the assignment in force (the Raft leader is one) may publish them. Anything else is
-/// ignored: not passed on, and its forwarder not penalised (it may be an honest relay, or the
-/// notice may predate an assignment change; the streams' poll covers a lost notice).
 /// How long an accepted event notice waits before this node relays it to its mesh peers (it is
 /// handed to the local streams at once). The leader sends each notice straight to every
 /// subscriber, and each subscriber tells its mesh peers on receipt that it has the notice
@@ -545,6 +541,10 @@ impl Driver {
 /// leader cannot reach directly still gets the notice, this much later.
 const RELAY_HOLD: Duration = Duration::from_millis(5);
 
+/// Event notices carry events that streams push to clients as they are, so only a storage
+/// peer of the assignment in force (the Raft leader is one) may publish them. Anything else is
+/// ignored: not passed on, and its forwarder not penalised (it may be an honest relay, or the
+/// notice may predate an assignment change; the streams' poll covers a lost notice).
 fn notice_acceptance(assignment: Option<&RoleAssignment>, source: &PeerId) -> MessageAcceptance {
     let source = source.to_base58();
     if assignment.is_some_and(|a| a.holders(Role::Storage).any(|p| p == source)) {

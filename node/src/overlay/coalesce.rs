@@ -25,13 +25,11 @@ pub(crate) struct Coalesced<S> {
     inner: S,
     /// Written since the last flush call: that flush is put off.
     written: bool,
-    /// A put-off flush is owed.
-    owed: bool,
 }
 
 impl<S> Coalesced<S> {
     fn new(inner: S) -> Self {
-        Self { inner, written: false, owed: false }
+        Self { inner, written: false }
     }
 }
 
@@ -52,23 +50,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if std::mem::take(&mut self.written) {
-            self.owed = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            self.owed = false;
-        }
-        flushed
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.owed || self.written {
-            std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-            self.owed = false;
-            self.written = false;
-        }
+        // Sends whatever a put-off flush still owes (a no-op when nothing is buffered).
+        self.written = false;
+        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         Pin::new(&mut self.inner).poll_close(cx)
     }
 }
