@@ -7,7 +7,9 @@
 //! patched in for futures-timer by the workspace, keeps the same API (`Delay::new`,
 //! `Delay::reset`, `Future`) but registers each delay in the tokio runtime it is created in,
 //! whose worker drives its timers while it polls tasks. Outside a runtime, a delay is
-//! registered with one shared background runtime instead.
+//! registered with one shared background runtime instead. Inside a runtime built without
+//! `enable_time`, creating a delay panics, as `tokio::time::sleep` does: every Chorus runtime
+//! enables it.
 
 use std::future::Future;
 use std::pin::Pin;
