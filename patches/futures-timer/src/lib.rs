@@ -25,13 +25,8 @@ impl Delay {
     /// A delay that completes `dur` from now.
     pub fn new(dur: Duration) -> Delay {
         let at = deadline(dur);
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => Delay(Box::pin(tokio::time::sleep_until(at))),
-            Err(_) => {
-                let _in_fallback = fallback().enter();
-                Delay(Box::pin(tokio::time::sleep_until(at)))
-            }
-        }
+        let _in_fallback = tokio::runtime::Handle::try_current().is_err().then(|| fallback().enter());
+        Delay(Box::pin(tokio::time::sleep_until(at)))
     }
 
     /// Restarts the delay to complete `dur` from now.
@@ -93,7 +88,7 @@ mod tests {
     #[test]
     fn works_outside_a_runtime() {
         let start = Instant::now();
-        futures_lite_block_on(Delay::new(Duration::from_millis(20)));
+        block_on_this_thread(Delay::new(Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20));
     }
 
@@ -107,8 +102,8 @@ mod tests {
         });
     }
 
-    /// Polls a future to completion on this thread, outside any tokio runtime.
-    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// Polls a future to completion on this thread, outside any tokio runtime; panics after 5 s.
+    fn block_on_this_thread<F: std::future::Future>(f: F) -> F::Output {
         use std::sync::Arc;
         use std::task::{Context, Poll, Wake};
         struct Unpark(std::thread::Thread);
@@ -120,11 +115,13 @@ mod tests {
         let waker = Arc::new(Unpark(std::thread::current())).into();
         let mut cx = Context::from_waker(&waker);
         let mut f = std::pin::pin!(f);
+        let give_up = Instant::now() + Duration::from_secs(5);
         loop {
             if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
                 return v;
             }
-            std::thread::park();
+            let left = give_up.checked_duration_since(Instant::now()).expect("the delay never fired");
+            std::thread::park_timeout(left);
         }
     }
 }
