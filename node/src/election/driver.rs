@@ -217,28 +217,32 @@ impl Driver {
                 let actions = self.machine.handle(Input::Receive(msg));
                 self.act(actions).await;
             }
-            Event::Gossip { source, propagation, id, topic, data } => {
-                let verdict = if topic == CONTROL_TOPIC {
-                    self.on_control(source, &data).await
-                } else {
-                    let verdict = notice_acceptance(self.assignment.as_ref().map(|a| &a.assignment), &source);
-                    if verdict == MessageAcceptance::Accept {
-                        // If the node is too busy to take it, the streams' poll covers it.
-                        let _ = self.notices.try_send(data);
-                        let client = self.client.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(RELAY_HOLD).await;
-                            client.validate(id, propagation, verdict).await;
-                        });
-                        return;
-                    }
-                    tracing::debug!(%source, "ignored an event notice from a peer that is not a storage peer");
-                    verdict
-                };
+            Event::Gossip { source, propagation, id, topic, data } if topic == CONTROL_TOPIC => {
+                let verdict = self.on_control(source, &data).await;
                 self.client.validate(id, propagation, verdict).await;
             }
+            Event::Gossip { source, propagation, id, data, .. } => self.on_notice(source, propagation, id, data),
             Event::Listening(addr) => self.state.update(|v| v.addrs.push(addr)),
         }
+    }
+
+    /// An event notice: handed to the local streams at once if a storage peer wrote it, and
+    /// reported to gossipsub (which relays what is accepted) after [`RELAY_HOLD`].
+    fn on_notice(&self, source: PeerId, propagation: PeerId, id: libp2p::gossipsub::MessageId, data: Vec<u8>) {
+        let verdict = notice_acceptance(self.assignment.as_ref().map(|a| &a.assignment), &source);
+        let hold = if verdict == MessageAcceptance::Accept {
+            // If the node is too busy to take it, the streams' poll covers it.
+            let _ = self.notices.try_send(data);
+            RELAY_HOLD
+        } else {
+            tracing::debug!(%source, "ignored an event notice from a peer that is not a storage peer");
+            Duration::ZERO
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            client.validate(id, propagation, verdict).await;
+        });
     }
 
     async fn on_control(&mut self, source: PeerId, data: &[u8]) -> MessageAcceptance {
