@@ -435,3 +435,21 @@ fn signal(sig: &str, pid: u32) {
     let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} {pid}");
 }
+
+/// Nodes outside the log that send nothing still learn the new Raft leader after the old one
+/// dies: they must not keep asking the dead one where the leader is.
+#[test]
+fn idle_nodes_outside_the_log_find_the_new_leader() {
+    let mut c = LocalCluster::start_each(&[&[], &[], &[], &["--no-storage"], &["--no-storage"]], &["--user-rps", "0"]);
+    c.wait_settled(SETTLE);
+    let (leader, views) = wait_replicated(&c, SETTLE);
+    let dead = views.iter().find(|(i, _)| *i == leader).unwrap().1.this.peer_id.clone();
+    c.kill9(leader);
+    c.wait_until("every survivor to name one live Raft leader", SETTLE, |c| {
+        let views = c.views();
+        let named: BTreeSet<Option<String>> =
+            views.iter().map(|(_, v)| v.raft.as_ref().and_then(|r| r.leader.clone())).collect();
+        (views.len() == 4 && named.len() == 1 && !named.contains(&None) && !named.contains(&Some(dead.clone())))
+            .then_some(())
+    });
+}

@@ -124,7 +124,12 @@ async fn refresh_leader_view(replica: &Replica) -> Option<RaftView> {
     };
     let data = raft_net::encode(&Request::Status).ok()?;
     let reply = tokio::time::timeout(TICK, replica.inner.client.raft_request(peer, data)).await;
-    let Ok(Ok(bytes)) = reply else { return None };
+    let Ok(Ok(bytes)) = reply else {
+        // A leader that died stays the hint of a node that sends no writes (only a failed
+        // write clears it): forget it, so the next tick asks the storage peers in turn.
+        lock(&replica.inner.hint).take_if(|h| *h == peer);
+        return None;
+    };
     let Ok(Response::Status(view)) = raft_net::decode::<Response>(&bytes) else { return None };
     // Used only while this node's Raft cannot name the leader (not a member, or forgotten).
     *lock(&replica.inner.hint) = view.leader.as_deref().and_then(|l| l.parse().ok()).filter(|l| *l != replica.inner.me);
