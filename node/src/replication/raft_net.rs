@@ -9,7 +9,7 @@
 // The error types are openraft's (its network traits return them by value).
 #![allow(clippy::result_large_err)]
 
-use super::{Answer, Op, Replica};
+use super::{lock, Answer, Op, Replica};
 use crate::overlay::{Client, RaftInbound};
 use crate::storage::raft::{Batch, RaftNode, TypeConfig};
 use crate::storage::read::Query;
@@ -21,11 +21,18 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Shortest deadline for any Raft RPC (see `Conn::call`).
-const RPC_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
+const RPC_FLOOR: Duration = Duration::from_secs(2);
+/// How long a commit notice waits for the next append to carry it.
+const COMMIT_LINGER: Duration = Duration::from_millis(2);
+/// A commit notice is held only for a peer whose last real answer is this recent.
+const FRESH: Duration = Duration::from_millis(100);
 
 /// Raft node id of a peer: the first 8 bytes of SHA-256 of its PeerId (stable, since the
 /// PeerId comes from the persistent node key; a wiped node gets a new key, so a new id).
@@ -98,19 +105,73 @@ pub struct Conn {
     client: Client,
     target: u64,
     peer: Option<PeerId>,
+    /// The last append this peer accepted (see [`Conn::hold_commit_notice`]).
+    acked: Option<Acked>,
+    /// A commit notice waiting for the next append to carry it.
+    held: Arc<Mutex<Option<AppendEntriesRequest<TypeConfig>>>>,
+}
+
+/// An append the peer answered with success: the vote it was sent under, the log prefix the
+/// peer then held, the commit index it carried, and when it was sent.
+#[derive(Debug)]
+struct Acked {
+    vote: Vote<u64>,
+    matching: Option<LogId<u64>>,
+    commit: Option<LogId<u64>>,
+    sent: Instant,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
     async fn new_client(&mut self, target: u64, node: &RaftNode) -> Conn {
-        Conn { client: self.client.clone(), target, peer: node.peer_id.parse().ok() }
+        Conn {
+            client: self.client.clone(),
+            target,
+            peer: node.peer_id.parse().ok(),
+            acked: None,
+            held: Default::default(),
+        }
     }
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
 
 impl Conn {
+    /// openraft 0.9 follows every commit with an empty append that only carries the new commit
+    /// index, and sends the next entry only once that append is answered. Under load the next
+    /// entry comes a moment later and carries the index anyway. So a commit notice to a peer
+    /// that accepted exactly this log prefix under this vote less than [`FRESH`] ago is
+    /// answered with success here and held for up to [`COMMIT_LINGER`]: the next append makes
+    /// it obsolete, or it goes out on its own (its answer is dropped).
+    ///
+    /// The real answer could tell the leader nothing: success on an empty append moves no match
+    /// index, and openraft 0.9 uses it only for `millis_since_quorum_ack`, which `FRESH` keeps
+    /// honest to within 100 ms (this node never calls `ensure_linearizable`). A peer that moved
+    /// to a higher vote, or lost its log, is found by the next real append, at the latest one
+    /// heartbeat interval later.
+    fn hold_commit_notice(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        let Some(a) = &self.acked else { return false };
+        let notice = rpc.entries.is_empty()
+            && rpc.vote == a.vote
+            && rpc.prev_log_id == a.matching
+            && rpc.leader_commit > a.commit
+            && a.sent.elapsed() < FRESH;
+        if !notice {
+            return false;
+        }
+        if lock(&self.held).replace(rpc.clone()).is_none() {
+            let (held, client, peer) = (self.held.clone(), self.client.clone(), self.peer);
+            tokio::spawn(async move {
+                tokio::time::sleep(COMMIT_LINGER).await;
+                let Some(rpc) = lock(&held).take() else { return };
+                let (Some(peer), Ok(data)) = (peer, encode(&Request::Append(rpc))) else { return };
+                let _ = tokio::time::timeout(RPC_FLOOR, client.raft_request(peer, data)).await;
+            });
+        }
+        true
+    }
+
     async fn call<E: std::error::Error>(&self, req: &Request, option: &RPCOption) -> Result<Response, RpcErr<E>> {
         let unreachable =
             |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
@@ -142,10 +203,25 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        match self.call(&Request::Append(rpc), &option).await? {
-            Response::Append(r) => self.remote(r),
-            _ => Err(unexpected()),
+        if self.hold_commit_notice(&rpc) {
+            return Ok(AppendEntriesResponse::Success);
         }
+        // This append carries the newest commit index: a held notice is obsolete.
+        lock(&self.held).take();
+        self.acked = None;
+        let (vote, commit, sent) = (rpc.vote, rpc.leader_commit, Instant::now());
+        let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        let answer = match self.call(&Request::Append(rpc), &option).await? {
+            Response::Append(r) => self.remote(r)?,
+            _ => return Err(unexpected()),
+        };
+        let matching = match &answer {
+            AppendEntriesResponse::Success => Some(last),
+            AppendEntriesResponse::PartialSuccess(m) => Some(*m),
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+        };
+        self.acked = matching.map(|matching| Acked { vote, matching, commit, sent });
+        Ok(answer)
     }
 
     async fn install_snapshot(

@@ -116,3 +116,30 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
         assert_eq!(msgs.last().unwrap().seq, 201);
     }
 }
+
+/// The leader holds each commit notice for the next append to carry (`hold_commit_notice`).
+/// With no next append, no heartbeats and no elections, the held notice alone must tell the
+/// followers, or they never apply the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_commit_notice_reaches_followers_when_no_append_follows() {
+    let p0 = peer(vec![]).await;
+    let p1 = peer(vec![p0.addr.clone()]).await;
+    let p2 = peer(vec![p0.addr.clone()]).await;
+    let members: BTreeMap<u64, RaftNode> = [&p0, &p1, &p2].iter().map(|p| (p.id, p.node.clone())).collect();
+    p0.raft.initialize(members).await.unwrap();
+    let all = [&p0, &p1, &p2];
+    let lid = leader(&all).await;
+    let lead = all.iter().find(|p| p.id == lid).unwrap();
+    for p in &all {
+        p.raft.runtime_config().heartbeat(false);
+        p.raft.runtime_config().elect(false);
+    }
+    for (n, batch) in [setup(), vec![msg(1)], vec![msg(2)]].into_iter().enumerate() {
+        let r = lead.raft.client_write(Batch(batch)).await.unwrap();
+        for p in &all {
+            wait_applied(p, r.log_id.index).await;
+        }
+        let held = all.iter().map(|p| p.store.messages(&ChatId::dm("alice", "bob"), 0, 10).unwrap().len());
+        assert!(held.into_iter().all(|len| len == n), "write {n} applied everywhere");
+    }
+}
