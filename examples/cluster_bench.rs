@@ -1,8 +1,9 @@
 //! Replicated-storage benchmark: one single node and one local 5-node cluster (3 storage
 //! peers, openraft) in the same run, real `chorus-node` processes on 127.0.0.1.
 //!
-//! Phases on the cluster (senders spread over every node's HTTP facade, partners listening on
-//! SSE through the next node):
+//! Phases on the cluster (senders spread over the input peers' HTTP facades, where a gateway
+//! sends users, or with `--through all` over every node's, storage peers included; partners
+//! listening on SSE through the next facade):
 //! 1. closed loop, `--senders` senders for `--seconds`: acked msg/s (also on the single node:
 //!    the ratio replicated / single);
 //! 2. paced to `--rate` msg/s: send latency and send-to-stream delivery latency;
@@ -11,7 +12,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
-//! target/release/examples/cluster_bench --senders 64 --seconds 10 --rate 1000
+//! target/release/examples/cluster_bench --senders 64 --seconds 10 --rate 1000 [--through all]
 //! ```
 
 #[path = "load/mod.rs"]
@@ -30,6 +31,29 @@ fn flag(name: &str, default: f64) -> f64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
 }
 
+/// `--through`: `input` (default) or `all`.
+fn through() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let v = args.iter().position(|a| a == "--through").and_then(|i| args.get(i + 1)).map_or("input", |v| v.as_str());
+    assert!(v == "input" || v == "all", "--through takes input or all, not {v}");
+    v.to_owned()
+}
+
+/// HTTP URLs of the nodes the coordinator's assignment makes input peers.
+fn input_facades(c: &LocalCluster) -> Vec<String> {
+    c.wait_settled(Duration::from_secs(60));
+    let views = c.views();
+    let members = views.first().map(|(_, v)| v.members.clone()).unwrap_or_default();
+    let input = |peer: &str| members.iter().any(|m| m.peer_id == peer && m.roles.iter().any(|r| r == "input"));
+    let urls: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| input(&v.this.peer_id))
+        .filter_map(|(i, _)| Some(c.nodes[*i].as_ref()?.url.clone()))
+        .collect();
+    assert!(!urls.is_empty(), "the assignment names no input peer");
+    urls
+}
+
 fn wait_ready(c: &LocalCluster) -> usize {
     c.wait_until("the Raft group to be ready", Duration::from_secs(60), |c| c.raft_ready(3))
 }
@@ -40,6 +64,7 @@ async fn main() {
     let senders = flag("--senders", 64.0) as usize;
     let seconds = flag("--seconds", 10.0);
     let rate = flag("--rate", 1000.0);
+    let through = through();
     load::settle_disk();
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
 
@@ -60,24 +85,22 @@ async fn main() {
 
     let mut c = LocalCluster::start(5, FLAGS);
     let leader = wait_ready(&c);
-    let bases: Vec<String> = c.nodes.iter().flatten().map(|n| n.url.clone()).collect();
+    let bases: Vec<String> = match through.as_str() {
+        "all" => c.nodes.iter().flatten().map(|n| n.url.clone()).collect(),
+        _ => input_facades(&c),
+    };
     let tokens = load::users(&http, &bases, "user", senders).await;
     let pids: Vec<u32> = c.nodes.iter().flatten().map(|n| n.pid()).collect();
-    eprintln!("cluster closed loop: node pids {pids:?}, Raft leader node {leader}");
+    eprintln!("cluster closed loop: node pids {pids:?}, Raft leader node {leader}, senders through {bases:?}");
     let before = cpu_times(&c);
     let throughput = load::run(&http, &bases, "user", &tokens, closed).await;
     let (cpu, per_entry) = cpu_per_message(&c, before, throughput.latency.len());
     eprintln!("cluster paced to {rate} msg/s");
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
 
-    // Failover: load through the other nodes, kill -9 the Raft leader after two seconds.
-    let survivors: Vec<String> = c
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != leader)
-        .filter_map(|(_, n)| Some(n.as_ref()?.url.clone()))
-        .collect();
+    // Failover: load through the facades other than the leader's, kill -9 the leader after 2 s.
+    let leader_url = c.nodes[leader].as_ref().map(|n| n.url.clone());
+    let survivors: Vec<String> = bases.iter().filter(|u| Some(*u) != leader_url.as_ref()).cloned().collect();
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let at = Instant::now();
@@ -97,6 +120,7 @@ async fn main() {
         "nodes": 5,
         "storage_peers": 3,
         "senders": senders,
+        "senders_through": { "facades": through, "nodes": bases.len() },
         "single_node": single.json(),
         "cluster_closed_loop": throughput.json(),
         "cluster_paced": { "target_rate": rate, "result": paced.json() },
