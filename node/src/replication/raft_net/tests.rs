@@ -46,17 +46,23 @@ async fn leader(peers: &[&Peer]) -> u64 {
     m.current_leader.unwrap()
 }
 
+/// Three storage stacks over libp2p, initialized as one Raft group.
+async fn group_of_three() -> [Peer; 3] {
+    let p0 = peer(vec![]).await;
+    let p1 = peer(vec![p0.addr.clone()]).await;
+    let p2 = peer(vec![p0.addr.clone()]).await;
+    let members: BTreeMap<u64, RaftNode> = [&p0, &p1, &p2].iter().map(|p| (p.id, p.node.clone())).collect();
+    p0.raft.initialize(members).await.unwrap();
+    [p0, p1, p2]
+}
+
 async fn wait_applied(p: &Peer, index: u64) {
     p.raft.wait(Some(Duration::from_secs(20))).applied_index_at_least(Some(index), "caught up").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss() {
-    let p0 = peer(vec![]).await;
-    let p1 = peer(vec![p0.addr.clone()]).await;
-    let p2 = peer(vec![p0.addr.clone()]).await;
-    let members: BTreeMap<u64, RaftNode> = [&p0, &p1, &p2].iter().map(|p| (p.id, p.node.clone())).collect();
-    p0.raft.initialize(members).await.unwrap();
+    let [p0, p1, p2] = group_of_three().await;
     let all = [&p0, &p1, &p2];
     let lid = leader(&all).await;
     let lead = all.iter().find(|p| p.id == lid).unwrap();
@@ -122,11 +128,7 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
 /// followers, or they never apply the entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_commit_notice_reaches_followers_when_no_append_follows() {
-    let p0 = peer(vec![]).await;
-    let p1 = peer(vec![p0.addr.clone()]).await;
-    let p2 = peer(vec![p0.addr.clone()]).await;
-    let members: BTreeMap<u64, RaftNode> = [&p0, &p1, &p2].iter().map(|p| (p.id, p.node.clone())).collect();
-    p0.raft.initialize(members).await.unwrap();
+    let [p0, p1, p2] = group_of_three().await;
     let all = [&p0, &p1, &p2];
     let lid = leader(&all).await;
     let lead = all.iter().find(|p| p.id == lid).unwrap();
