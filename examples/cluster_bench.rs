@@ -26,17 +26,21 @@ use std::time::{Duration, Instant};
 
 const FLAGS: &[&str] = &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"];
 
-fn flag(name: &str, default: f64) -> f64 {
+/// The value after `name` on the command line.
+fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn flag(name: &str, default: f64) -> f64 {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// `--through`: `input` (default) or `all`.
 fn through() -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let v = args.iter().position(|a| a == "--through").and_then(|i| args.get(i + 1)).map_or("input", |v| v.as_str());
+    let v = arg("--through").unwrap_or_else(|| "input".into());
     assert!(v == "input" || v == "all", "--through takes input or all, not {v}");
-    v.to_owned()
+    v
 }
 
 /// HTTP URLs of the nodes the coordinator's assignment makes input peers.

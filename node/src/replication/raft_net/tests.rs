@@ -141,7 +141,7 @@ async fn a_held_commit_notice_reaches_followers_when_no_append_follows() {
         for p in &all {
             wait_applied(p, r.log_id.index).await;
         }
-        let held = all.iter().map(|p| p.store.messages(&ChatId::dm("alice", "bob"), 0, 10).unwrap().len());
-        assert!(held.into_iter().all(|len| len == n), "write {n} applied everywhere");
+        let stored = all.iter().map(|p| p.store.messages(&ChatId::dm("alice", "bob"), 0, 10).unwrap().len());
+        assert!(stored.into_iter().all(|len| len == n), "write {n} applied everywhere");
     }
 }
