@@ -44,6 +44,7 @@ async fn main() {
     let args = args();
     load::settle_disk();
     let dir = tempfile::tempdir().expect("temp dir");
+    let machine = load::machine(dir.path());
     let node = NodeProc::start(
         dir.path(),
         &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"],
@@ -95,6 +96,7 @@ async fn main() {
     };
     let mut report = out.json();
     report["bench"] = json!("single_node");
+    report["machine"] = machine;
     report["senders"] = json!(args.senders);
     report["seconds"] = json!(out.seconds);
     report["target_rate"] = json!(args.rate);

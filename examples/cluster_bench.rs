@@ -70,6 +70,7 @@ async fn main() {
     let rate = flag("--rate", 1000.0);
     let through = through();
     load::settle_disk();
+    let machine = load::machine(&std::env::temp_dir());
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
 
     // The single node, same load, same run.
@@ -121,6 +122,7 @@ async fn main() {
 
     let report = json!({
         "bench": "replicated_cluster",
+        "machine": machine,
         "nodes": 5,
         "storage_peers": 3,
         "senders": senders,

@@ -48,6 +48,53 @@ pub fn settle_disk() {
     }
 }
 
+/// What this machine's speed is today, so figures from different days can be told apart
+/// (the same binaries have measured 2.5x apart on this project's VMs): one CPU-bound loop, a
+/// thread woken from another and back (a cross-core wakeup on an idle machine), and an
+/// append + `fdatasync` of 4 KiB in `dir` (what every WAL sync waits for).
+pub fn machine(dir: &std::path::Path) -> Value {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..50_000_000u64 {
+        x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    std::hint::black_box(x);
+    let cpu_ns = started.elapsed().as_secs_f64() * 1e9 / 50_000_000.0;
+
+    let (ping, pong) = (std::sync::mpsc::sync_channel::<u32>(0), std::sync::mpsc::sync_channel::<u32>(0));
+    let (to_echo, from_main) = ping;
+    let (to_main, from_echo) = pong;
+    let echo = std::thread::spawn(move || from_main.iter().try_for_each(|v| to_main.send(v)));
+    const TRIPS: u32 = 2_000;
+    let started = Instant::now();
+    for i in 0..TRIPS {
+        to_echo.send(i).expect("echo thread");
+        from_echo.recv().expect("echo thread");
+    }
+    let wake_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(TRIPS);
+    drop(to_echo);
+    let _ = echo.join();
+
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).expect("probe file");
+    let mut syncs: Vec<Duration> = (0..300)
+        .map(|_| {
+            let t = Instant::now();
+            file.write_all(&[7u8; 4096]).expect("probe write");
+            file.sync_data().expect("probe fdatasync");
+            t.elapsed()
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    syncs.sort();
+    json!({
+        "cpu_loop_ns_per_iter": cpu_ns,
+        "thread_wake_round_trip_us": wake_us,
+        "append_fdatasync_ms": {"p50": pct(&syncs, 0.5), "p99": pct(&syncs, 0.99)},
+    })
+}
+
 /// A setup request that must succeed.
 pub async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
     let mut req = http.post(url).json(&body);
