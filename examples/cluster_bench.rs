@@ -70,7 +70,7 @@ async fn main() {
     let rate = flag("--rate", 1000.0);
     let through = through();
     load::settle_disk();
-    let machine = load::machine(&std::env::temp_dir());
+    let machine = load::machine(tempfile::tempdir().expect("temp dir").path());
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
 
     // The single node, same load, same run.

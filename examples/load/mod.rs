@@ -62,9 +62,8 @@ pub fn machine(dir: &std::path::Path) -> Value {
     std::hint::black_box(x);
     let cpu_ns = started.elapsed().as_secs_f64() * 1e9 / 50_000_000.0;
 
-    let (ping, pong) = (std::sync::mpsc::sync_channel::<u32>(0), std::sync::mpsc::sync_channel::<u32>(0));
-    let (to_echo, from_main) = ping;
-    let (to_main, from_echo) = pong;
+    let (to_echo, from_main) = std::sync::mpsc::sync_channel::<u32>(0);
+    let (to_main, from_echo) = std::sync::mpsc::sync_channel::<u32>(0);
     let echo = std::thread::spawn(move || from_main.iter().try_for_each(|v| to_main.send(v)));
     const TRIPS: u32 = 2_000;
     let started = Instant::now();
