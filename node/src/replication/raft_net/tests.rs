@@ -36,14 +36,15 @@ fn setup() -> Vec<Command> {
     ]
 }
 
-async fn leader(peers: &[&Peer]) -> u64 {
+/// The peer the group elected.
+async fn leader<'a>(peers: &[&'a Peer]) -> &'a Peer {
     let m = peers[0]
         .raft
         .wait(Some(Duration::from_secs(20)))
         .metrics(|m| m.current_leader.is_some(), "a leader")
         .await
         .unwrap();
-    m.current_leader.unwrap()
+    peers.iter().find(|p| Some(p.id) == m.current_leader).expect("the leader is one of the peers")
 }
 
 /// Three storage stacks over libp2p, initialized as one Raft group.
@@ -64,8 +65,7 @@ async fn wait_applied(p: &Peer, index: u64) {
 async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss() {
     let [p0, p1, p2] = group_of_three().await;
     let all = [&p0, &p1, &p2];
-    let lid = leader(&all).await;
-    let lead = all.iter().find(|p| p.id == lid).unwrap();
+    let lead = leader(&all).await;
 
     // Group-committed batches through the leader; every command gets its result.
     let r = lead.raft.client_write(Batch(setup())).await.unwrap();
@@ -105,11 +105,11 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
 
     // The leader goes away: the others elect a new one and keep accepting writes.
     lead.raft.shutdown().await.unwrap();
-    let rest: Vec<&Peer> = [&p0, &p1, &p2, &p3].into_iter().filter(|p| p.id != lid).collect();
+    let rest: Vec<&Peer> = [&p0, &p1, &p2, &p3].into_iter().filter(|p| p.id != lead.id).collect();
     let m = rest[0]
         .raft
         .wait(Some(Duration::from_secs(20)))
-        .metrics(|m| m.current_leader.is_some_and(|l| l != lid), "a new leader")
+        .metrics(|m| m.current_leader.is_some_and(|l| l != lead.id), "a new leader")
         .await
         .unwrap();
     let new_lead = rest.iter().find(|p| Some(p.id) == m.current_leader).unwrap();
@@ -130,8 +130,7 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
 async fn a_held_commit_notice_reaches_followers_when_no_append_follows() {
     let [p0, p1, p2] = group_of_three().await;
     let all = [&p0, &p1, &p2];
-    let lid = leader(&all).await;
-    let lead = all.iter().find(|p| p.id == lid).unwrap();
+    let lead = leader(&all).await;
     for p in &all {
         p.raft.runtime_config().heartbeat(false);
         p.raft.runtime_config().elect(false);
