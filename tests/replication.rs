@@ -213,10 +213,11 @@ async fn five_nodes_three_storage_serve_any_user_from_any_node() {
     }
 }
 
-/// Senders on `nodes`, each retrying a send with the same `client_msg_id` until it is
-/// acknowledged; returns (acknowledged (client_msg_id, seq), stop flag).
+/// Acknowledged sends: (client_msg_id, seq).
 type Acked = Arc<Mutex<Vec<(String, u64)>>>;
 
+/// Senders on each of `urls`, each retrying a send with the same `client_msg_id` until it is
+/// acknowledged; returns (acknowledged sends, stop flag).
 fn start_senders(urls: Vec<String>, token: String, per_node: usize) -> (Acked, Arc<std::sync::atomic::AtomicBool>) {
     let acked: Acked = Default::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -253,6 +254,36 @@ fn start_senders(urls: Vec<String>, token: String, per_node: usize) -> (Acked, A
     (acked, stop)
 }
 
+/// Reads the chat through `url` until `stop`, each time the newest message acknowledged so far
+/// (through any node): a read that answers must hold it (linearizable reads, also while the
+/// leader changes). Returns (reads answered, stale reads: (wanted seq, answer)).
+fn start_reader(url: String, token: String, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> Reads {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let (mut answered, mut stale) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let newest = acked.lock().unwrap().iter().map(|(_, seq)| *seq).max();
+            let Some(seq) = newest else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let path = format!("{url}/api/v1/chats/dm:alice:bob/messages?after={}&limit=1", seq - 1);
+            let r = http.get(path).bearer_auth(&token).send().await;
+            if let Some(r) = r.ok().filter(|r| r.status() == StatusCode::OK) {
+                let v: Value = r.json().await.unwrap();
+                answered += 1;
+                if v["messages"][0]["seq"].as_u64() != Some(seq) {
+                    stale.push((seq, v));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (answered, stale)
+    })
+}
+
+type Reads = tokio::task::JoinHandle<(usize, Vec<(u64, Value)>)>;
+
 fn wait_more_acks(acked: &Acked, more: usize, what: &str) {
     let start = acked.lock().unwrap().len();
     wait_for(what, SETTLE, || (acked.lock().unwrap().len() >= start + more).then_some(()));
@@ -269,7 +300,9 @@ async fn kill_9_leader_then_follower_under_load_loses_nothing() {
     let (alice, bob) = (api[3].as_ref().unwrap().user("alice").await, api[4].as_ref().unwrap().user("bob").await);
     befriend(api[3].as_ref().unwrap(), &alice, api[4].as_ref().unwrap(), &bob, "bob", "alice").await;
     let urls = vec![c.nodes[3].as_ref().unwrap().url.clone(), c.nodes[4].as_ref().unwrap().url.clone()];
-    let (acked, stop) = start_senders(urls, alice.clone(), 4);
+    let (acked, stop) = start_senders(urls.clone(), alice.clone(), 4);
+    // Node 3 reads what the senders on both input nodes had acknowledged.
+    let reads = start_reader(urls[0].clone(), bob.clone(), acked.clone(), stop.clone());
     wait_more_acks(&acked, 200, "acks before any kill");
 
     // kill -9 the Raft leader; writes resume through the survivors; restart it.
@@ -289,6 +322,9 @@ async fn kill_9_leader_then_follower_under_load_loses_nothing() {
     wait_more_acks(&acked, 100, "acks after the follower's restart");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await; // let the senders see the flag
+    let (answered, stale) = reads.await.unwrap();
+    assert!(stale.is_empty(), "reads missed acknowledged messages: {stale:?}");
+    assert!(answered >= 50, "only {answered} reads answered");
     let (_, views) = wait_replicated(&c, SETTLE);
     assert_eq!(storage_indices(&views), vec![0, 1, 2], "the restarted peers are storage peers again");
 
@@ -306,7 +342,7 @@ async fn kill_9_leader_then_follower_under_load_loses_nothing() {
     for (cmid, seq) in &acked {
         assert_eq!(by_text.get(cmid.as_str()), Some(seq), "acknowledged {cmid} at seq {seq}");
     }
-    eprintln!("{} acknowledged, {} stored", acked.len(), h3.len());
+    eprintln!("{} acknowledged, {} stored, {answered} reads answered", acked.len(), h3.len());
 
     // The storage peers hold identical state.
     let inspected = inspect_after_stop(&mut c, &[0, 1, 2]);

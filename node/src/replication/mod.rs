@@ -18,14 +18,16 @@
 //!   leader applied them. A write that cannot commit within the write timeout answers
 //!   [`SubmitError::Unavailable`] (HTTP 503); one whose outcome is unknown (the leader died
 //!   mid-request) is never retried here, since only sends carry an idempotency key.
-//! * Reads go to the leader and wait until it applied this node's last acknowledged write:
-//!   read-your-writes for every client of this node.
+//! * Reads go to the leader, which confirms it still leads and waits until it applied every
+//!   committed entry (`reads`: linearizable, so a read sees every write acknowledged before
+//!   it, through any node, also just after a leader change).
 //! * `membership` makes the Raft membership follow the coordinator's storage set.
 
 mod log;
 mod membership;
 mod notices;
 pub mod raft_net;
+mod reads;
 
 pub use log::Log;
 
@@ -373,11 +375,8 @@ impl Replica {
                 }
             }
             Op::Read { queries, min_index } => {
-                if *min_index > 0 {
-                    let wait = raft.wait(Some(remaining));
-                    if wait.applied_index_at_least(Some(*min_index), "read-your-writes").await.is_err() {
-                        return Attempt::Fail("the leader has not applied this node's last write in time".into());
-                    }
+                if let Err(instead) = reads::await_read_index(&raft, *min_index, remaining).await {
+                    return instead;
                 }
                 let (store, queries) = (self.inner.store.clone(), queries.clone());
                 let run = move || {

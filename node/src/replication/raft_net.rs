@@ -147,9 +147,9 @@ impl Conn {
     ///
     /// The real answer could tell the leader nothing: success on an empty append moves no match
     /// index, and openraft 0.9 uses it only for `millis_since_quorum_ack`, which `FRESH` keeps
-    /// honest to within 100 ms (this node never calls `ensure_linearizable`). A peer that moved
-    /// to a higher vote, or lost its log, is found by the next real append, at the latest one
-    /// heartbeat interval later.
+    /// honest to within 100 ms. The leadership checks of reads (`get_read_log_id`) come through
+    /// fresh connections, which hold nothing. A peer that moved to a higher vote, or lost its
+    /// log, is found by the next real append, at the latest one heartbeat interval later.
     fn hold_commit_notice(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
         let Some(a) = &self.acked else { return false };
         let notice = rpc.entries.is_empty()

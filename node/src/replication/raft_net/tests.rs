@@ -144,3 +144,45 @@ async fn a_held_commit_notice_reaches_followers_when_no_append_follows() {
         assert!(stored.into_iter().all(|len| len == n), "write {n} applied everywhere");
     }
 }
+
+/// A read is answered within the leader's lease, past it only after a majority confirmed the
+/// leader, and not at all by a leader whose followers are gone (elections are off here, so no
+/// rival ever tells it that it lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_reads_within_its_lease_or_once_a_majority_confirms_it() {
+    use crate::replication::reads::LEASE_MS;
+    let [p0, p1, p2] = group_of_three().await;
+    let all = [&p0, &p1, &p2];
+    let lead = leader(&all).await;
+    let r = lead.raft.client_write(Batch(setup())).await.unwrap();
+    assert!(read_gate(lead, r.log_id.index).await, "within the lease");
+
+    for p in &all {
+        p.raft.runtime_config().heartbeat(false);
+        p.raft.runtime_config().elect(false);
+    }
+    let lease_over =
+        |m: &openraft::RaftMetrics<u64, RaftNode>| m.millis_since_quorum_ack.is_some_and(|ms| ms > LEASE_MS);
+    lead.raft.wait(Some(Duration::from_secs(10))).metrics(lease_over, "the lease to run out").await.unwrap();
+    assert!(read_gate(lead, 0).await, "confirmed by a heartbeat round");
+
+    for p in all.iter().filter(|p| p.id != lead.id) {
+        p.raft.shutdown().await.unwrap();
+    }
+    assert!(!read_gate(lead, 0).await, "a cut-off leader answered a read");
+}
+
+/// Whether `lead` may answer a read, asking again while it says "try again" (as
+/// `Replica::route` does) for up to 10 s.
+async fn read_gate(lead: &Peer, min_index: u64) -> bool {
+    use crate::replication::{reads::await_read_index, Attempt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match await_read_index(&lead.raft, min_index, remaining).await {
+            Ok(()) => return true,
+            Err(Attempt::Retry(_)) if !remaining.is_zero() => tokio::time::sleep(Duration::from_millis(30)).await,
+            Err(_) => return false,
+        }
+    }
+}
