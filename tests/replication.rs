@@ -1,6 +1,7 @@
 //! Replicated storage with real `chorus-node` processes on 127.0.0.1: five nodes, three
 //! storage peers (openraft), any input node serves any user; `kill -9` of the Raft leader and
-//! of a follower under load loses nothing acknowledged; a storage peer that never returns is
+//! of a follower under load loses nothing acknowledged, and reads through another node see every
+//! acknowledged message meanwhile; a storage peer that never returns is
 //! replaced and the newcomer catches up by snapshot; a minority answers 503 fast.
 
 mod common;
