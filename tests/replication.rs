@@ -466,6 +466,38 @@ async fn a_minority_answers_503_fast_and_loses_nothing() {
     let mut expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
     expected.push("in the dark".into());
     assert_eq!(texts, expected);
+
+    // Now the leader is the one cut off (both followers frozen): past its lease it answers
+    // neither writes nor reads, though no rival can be elected to tell it so.
+    let (leader, _) = wait_replicated(&c, SETTLE);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &i in &followers {
+        signal("-STOP", c.nodes[i].as_ref().unwrap().pid());
+    }
+    let alone = || json!({"text": "alone", "client_msg_id": "alone"});
+    let started = Instant::now();
+    let (s, v) = node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(alone())).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let path = "/api/v1/chats/dm:alice:bob/messages?after=0&limit=500";
+    let (s, v) = node.call(reqwest::Method::GET, path, Some(&bob), None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "a leader without a majority answered a read: {v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(8), "503s took {:?}", started.elapsed());
+    for &i in &followers {
+        signal("-CONT", c.nodes[i].as_ref().unwrap().pid());
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (s, v) = node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(alone())).await;
+        if s == StatusCode::CREATED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expected.push("alone".into());
+    let h = history(node, &bob, "dm:alice:bob").await;
+    assert_eq!(h.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(), expected);
 }
 
 fn signal(sig: &str, pid: u32) {
