@@ -136,7 +136,7 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let hub = Arc::new(Hub::default());
     let sessions = Arc::new(SessionCache::default());
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&hub));
     let on_apply: crate::storage::raft::OnApply = {
         let (hub, metrics, sessions) = (hub.clone(), metrics.clone(), sessions.clone());
         Arc::new(move |out: &crate::storage::ApplyOutput| {

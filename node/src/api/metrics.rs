@@ -36,8 +36,9 @@ pub struct Metrics {
     pub replication: crate::replication::Timings,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The node's metrics, with the event streams' reads counted in `hub`.
+    pub fn new(hub: &crate::service::Hub) -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -52,6 +53,11 @@ impl Default for Metrics {
             "log_batches",
             "Log entries applied, each one group-commit batch of commands",
             batches.clone(),
+        );
+        registry.register(
+            "event_stream_reads",
+            "Event streams' reads of a user's log at the leader (start, gap: a notice that does not continue the stream, poll)",
+            hub.reads.clone(),
         );
         let replication = crate::replication::Timings::default();
         registry.register(

@@ -42,7 +42,7 @@ struct App {
 /// The router over a one-voter Raft group on a real RocksDB in a temp dir.
 async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
     let hub = Arc::new(Hub::default());
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(&hub));
     let h = hub.clone();
     let peer = RaftPeer::solo(Arc::new(move |out| h.notify_applied(&out.notices))).await;
     let sessions = Arc::new(crate::service::SessionCache::default());
@@ -515,6 +515,11 @@ async fn events_stream_and_resume() {
     assert_eq!(app.send(req).await.0, StatusCode::BAD_REQUEST);
     let (s, _) = app.req(Method::GET, "/api/v1/events", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Each of the three streams read the log when it opened; /metrics counts them.
+    let (_, v) = app.req(Method::GET, "/metrics", None, None).await;
+    let text = v.as_str().unwrap();
+    let starts = text.lines().find_map(|l| l.strip_prefix("chorus_event_stream_reads_total{why=\"start\"} "));
+    assert!(starts.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 3), "{text}");
 }
 
 #[tokio::test]

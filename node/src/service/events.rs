@@ -1,5 +1,6 @@
 //! Events: a user's gapless event log, read from storage and followed through the hub.
 
+use super::hub::ReadReason;
 use super::{Result, Service};
 use crate::storage::read::Query;
 use chorus_protocol::Event;
@@ -43,8 +44,8 @@ impl Service {
             last: u64,
             wake: tokio::sync::watch::Receiver<super::hub::Tip>,
             buf: std::collections::VecDeque<Event>,
-            /// Storage may hold events this stream has not seen (start, poll, gap).
-            read: bool,
+            /// Storage may hold events this stream has not seen: why (`start`, `poll`).
+            read: Option<&'static str>,
             failed: bool,
         }
         // Subscribe before the first read: a commit between the read and the wait still wakes us.
@@ -55,7 +56,7 @@ impl Service {
             last: after,
             wake,
             buf: Default::default(),
-            read: true,
+            read: Some("start"),
             failed: false,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -75,13 +76,15 @@ impl Service {
                     st.buf.extend(carried);
                     continue;
                 }
-                if st.read || tip > st.last {
+                let why = st.read.or((tip > st.last).then_some("gap"));
+                if let Some(why) = why {
+                    st.svc.inner.hub.reads.get_or_create(&ReadReason { why }).inc();
                     match st.svc.events(&st.user, st.last, EVENTS_LIMIT_MAX).await {
                         Ok(evs) if !evs.is_empty() => {
                             st.buf.extend(evs);
                             continue; // there may be more
                         }
-                        Ok(_) => st.read = false,
+                        Ok(_) => st.read = None,
                         Err(e) => {
                             st.failed = true;
                             return Some((Err(e), st));
@@ -93,7 +96,7 @@ impl Service {
                 match tokio::time::timeout(STREAM_POLL, st.wake.changed()).await {
                     Ok(Err(_)) => return None,
                     Ok(Ok(())) => {}
-                    Err(_) => st.read = true,
+                    Err(_) => st.read = Some("poll"),
                 }
             }
         })

@@ -5,6 +5,9 @@
 //! user's event log from where it stopped, so a missed or coalesced notice never loses an event.
 
 use chorus_protocol::Event;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -26,11 +29,21 @@ impl Tip {
     }
 }
 
+/// Why an event stream read the user's log at the leader instead of taking carried events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadReason {
+    /// `start` (catching up when opened), `gap` (a wake-up whose events do not continue from
+    /// where the stream is) or `poll` (no wake-up for a while).
+    pub why: &'static str,
+}
+
 /// Per-user wake-up channels.
 #[derive(Debug, Default)]
 pub struct Hub {
     users: Mutex<HashMap<String, watch::Sender<Tip>>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Streams' reads of the event log, by reason (`/metrics`: `chorus_event_stream_reads`).
+    pub reads: Family<ReadReason, Counter>,
 }
 
 impl Hub {
