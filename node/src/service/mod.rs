@@ -13,6 +13,7 @@ mod events;
 mod files;
 mod hub;
 
+use auth::Cached;
 pub use auth::SessionCache;
 pub use events::EVENTS_LIMIT_MAX;
 pub use files::CHUNK_SIZE;
@@ -27,7 +28,7 @@ use chorus_protocol::command::Millis;
 use chorus_protocol::ids::{self, ValidationError};
 use chorus_protocol::{Applied, ChatId, Command, CommandError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most messages one history page returns.
 pub const HISTORY_LIMIT_MAX: usize = 500;
@@ -215,12 +216,21 @@ impl Service {
             return Err(ServiceError::Unauthorized("invalid or expired token"));
         }
         let token_hash = auth::token_hash(token);
-        let session = match self.inner.sessions.get(&token_hash) {
-            Some(s) => Some(s),
-            None => {
+        let session = match self.inner.sessions.get(&token_hash, Instant::now()) {
+            Cached::Hit(s) => Some(s),
+            Cached::Refresh(s) => {
+                let (svc, hash, started) = (self.clone(), token_hash.clone(), Instant::now());
+                tokio::spawn(async move {
+                    let read = svc.read::<Option<SessionRec>>(Query::Session(hash.clone())).await.map_err(|_| ());
+                    svc.inner.sessions.refreshed(&hash, read, started);
+                });
+                Some(s)
+            }
+            Cached::Miss => {
+                let started = Instant::now();
                 let s: Option<SessionRec> = self.read(Query::Session(token_hash.clone())).await?;
                 if let Some(s) = &s {
-                    self.inner.sessions.put(token_hash.clone(), s.clone());
+                    self.inner.sessions.put(token_hash.clone(), s.clone(), started);
                 }
                 s
             }

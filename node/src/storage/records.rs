@@ -19,7 +19,7 @@ pub struct UserRec {
 }
 
 /// `sessions` CF: sha256(token) hex -> SessionRec.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRec {
     /// Owner.
     pub username: String,
