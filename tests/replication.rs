@@ -450,17 +450,8 @@ async fn a_minority_answers_503_fast_and_loses_nothing() {
         signal("-CONT", c.nodes[i].as_ref().unwrap().pid());
     }
     // Writes resume; the unacknowledged send, retried with its key, lands exactly once.
-    let deadline = Instant::now() + SETTLE;
-    let seq = loop {
-        let body = json!({"text": "in the dark", "client_msg_id": "dark"});
-        let (s, v) = node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(body)).await;
-        if s == StatusCode::CREATED {
-            break v["seq"].as_u64().unwrap();
-        }
-        assert!(Instant::now() < deadline, "writes did not resume: {s} {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(seq, 21);
+    let sent = send_until_acked(node, &alice, json!({"text": "in the dark", "client_msg_id": "dark"})).await;
+    assert_eq!(sent["seq"], 21);
     let h = history(node, &bob, "dm:alice:bob").await;
     let texts: Vec<&str> = h.iter().map(|m| m["text"].as_str().unwrap()).collect();
     let mut expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
@@ -486,18 +477,24 @@ async fn a_minority_answers_503_fast_and_loses_nothing() {
     for &i in &followers {
         signal("-CONT", c.nodes[i].as_ref().unwrap().pid());
     }
+    send_until_acked(node, &alice, alone()).await;
+    expected.push("alone".into());
+    let h = history(node, &bob, "dm:alice:bob").await;
+    assert_eq!(h.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(), expected);
+}
+
+/// Sends `body` (which carries a `client_msg_id`) to bob until it is acknowledged; the answer.
+async fn send_until_acked(node: &Api, token: &str, body: Value) -> Value {
     let deadline = Instant::now() + SETTLE;
     loop {
-        let (s, v) = node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(&alice), Some(alone())).await;
+        let (s, v) =
+            node.call(reqwest::Method::POST, "/api/v1/dms/bob/messages", Some(token), Some(body.clone())).await;
         if s == StatusCode::CREATED {
-            break;
+            return v;
         }
         assert!(Instant::now() < deadline, "writes did not resume: {s} {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    expected.push("alone".into());
-    let h = history(node, &bob, "dm:alice:bob").await;
-    assert_eq!(h.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(), expected);
 }
 
 fn signal(sig: &str, pid: u32) {
