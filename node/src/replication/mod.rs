@@ -362,18 +362,14 @@ impl Replica {
         if state != ServerState::Leader {
             return Attempt::Retry(leader.filter(|l| *l != self.inner.id).and_then(|l| self.peer_of(l)));
         }
+        if quorum_age.is_some_and(|ms| ms > QUORUM_LOST_MS) {
+            return Attempt::Fail(format!("no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"));
+        }
         match op {
-            Op::Write(batch) => {
-                if quorum_age.is_some_and(|ms| ms > QUORUM_LOST_MS) {
-                    return Attempt::Fail(format!(
-                        "no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"
-                    ));
-                }
-                match self.inner.merger.submit(batch.clone()).await {
-                    Ok(attempt) => attempt,
-                    Err(e) => Attempt::Fail(e.to_string()),
-                }
-            }
+            Op::Write(batch) => match self.inner.merger.submit(batch.clone()).await {
+                Ok(attempt) => attempt,
+                Err(e) => Attempt::Fail(e.to_string()),
+            },
             Op::Read { queries, min_index } => {
                 if let Err(instead) = reads::await_read_index(&raft, *min_index, remaining).await {
                     return instead;

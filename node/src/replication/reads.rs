@@ -19,7 +19,7 @@
 //! the instant it resumes, answer a read from metrics taken before the pause (the usual caveat
 //! of lease reads).
 
-use super::{Attempt, QUORUM_LOST_MS};
+use super::Attempt;
 use crate::storage::raft::TypeConfig;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Raft, ServerState};
@@ -32,6 +32,7 @@ pub(super) const LEASE_MS: u64 = 1000;
 
 /// Waits until this leader has applied everything acknowledged before now, and at least
 /// `min_index` (this node's own last acknowledged write). `Err` is what to answer instead.
+/// The caller has already refused a leader that heard no majority for `QUORUM_LOST_MS`.
 pub(super) async fn await_read_index(
     raft: &Raft<TypeConfig>,
     min_index: u64,
@@ -42,9 +43,6 @@ pub(super) async fn await_read_index(
         let m = m.borrow();
         (m.millis_since_quorum_ack, m.current_term)
     };
-    if quorum_age.is_some_and(|ms| ms > QUORUM_LOST_MS) {
-        return Err(Attempt::Fail(format!("no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms")));
-    }
     let mut wanted = min_index;
     if quorum_age.is_none_or(|ms| ms > LEASE_MS) {
         wanted = wanted.max(confirm_leadership(raft, remaining).await?);

@@ -172,17 +172,18 @@ async fn a_leader_reads_within_its_lease_or_once_a_majority_confirms_it() {
     assert!(!read_gate(lead, 0).await, "a cut-off leader answered a read");
 }
 
-/// Whether `lead` may answer a read, asking again while it says "try again" (as
+/// Whether `lead` answers a read as the leader, asking again while it says "try again" (as
 /// `Replica::route` does) for up to 10 s.
 async fn read_gate(lead: &Peer, min_index: u64) -> bool {
-    use crate::replication::{reads::await_read_index, Attempt};
+    use crate::replication::{Attempt, Op};
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let read = Op::Read { queries: Vec::new(), min_index };
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match await_read_index(&lead.raft, min_index, remaining).await {
-            Ok(()) => return true,
-            Err(Attempt::Retry(_)) if !remaining.is_zero() => tokio::time::sleep(Duration::from_millis(30)).await,
-            Err(_) => return false,
+        match lead.replica.local(&read, remaining).await {
+            Attempt::Done(_) => return true,
+            Attempt::Retry(_) if !remaining.is_zero() => tokio::time::sleep(Duration::from_millis(30)).await,
+            Attempt::Retry(_) | Attempt::Fail(_) => return false,
         }
     }
 }
