@@ -33,7 +33,7 @@ pub use log::Log;
 
 use crate::election::driver::ClusterState;
 use crate::overlay::{Client, OverlayError, RaftInbound};
-use crate::storage::raft::{Batch, BatchResult, LogStore, OnApply, StateStore, TypeConfig};
+use crate::storage::raft::{Background, Batch, BatchResult, LogStore, OnApply, StateStore, TypeConfig};
 use crate::storage::read::Query;
 use crate::storage::{Notice, Store};
 use chorus_protocol::cluster::{Role, EVENTS_TOPIC};
@@ -123,6 +123,8 @@ struct Inner {
     rotate: AtomicUsize,
     /// Snapshots installed from a leader since the node started.
     installed: Arc<AtomicU64>,
+    /// Set while this node is the Raft leader (by `watch_state`).
+    leading: Arc<AtomicBool>,
     /// What each applied batch is handed to (metrics, event notices).
     on_apply: OnApply,
     /// The leader's last status report (commit index, peers' progress).
@@ -184,7 +186,7 @@ impl Replica {
         });
         let id = raft_net::node_id(&me);
         let installed = Arc::new(AtomicU64::new(0));
-        let raft = open_raft(id, &store, &client, &cfg, &on_apply, &installed).await?;
+        let raft = open_raft(id, &store, &client, &cfg, &on_apply, &installed, &leader).await?;
         let (raft, current) = watch::channel(raft);
         let merger = {
             let (timeout, timing) = (cfg.timeout, cfg.timings.commit.clone());
@@ -216,6 +218,7 @@ impl Replica {
                 acked: AtomicU64::new(0),
                 rotate: AtomicUsize::new(0),
                 installed,
+                leading: leader.clone(),
                 on_apply,
                 leader_view: Mutex::new(None),
                 merger,
@@ -264,7 +267,7 @@ impl Replica {
             Err(e) => tracing::error!(error = %e, "cannot delete the copy of the log"),
         }
         let i = &self.inner;
-        let raft = open_raft(i.id, &i.store, &i.client, &i.cfg, &i.on_apply, &i.installed).await?;
+        let raft = open_raft(i.id, &i.store, &i.client, &i.cfg, &i.on_apply, &i.installed, &i.leading).await?;
         i.raft.send_replace(raft);
         Ok(())
     }
@@ -441,6 +444,7 @@ async fn open_raft(
     cfg: &ReplicaConfig,
     on_apply: &OnApply,
     installed: &Arc<AtomicU64>,
+    leading: &Arc<AtomicBool>,
 ) -> Result<Raft<TypeConfig>, StartError> {
     let config = openraft::Config {
         cluster_name: "chorus".into(),
@@ -461,8 +465,10 @@ async fn open_raft(
         .await
         .map_err(|e| StartError::Storage(e.to_string()))?
         .map_err(|e| StartError::Storage(e.to_string()))?;
-    let sm = StateStore::new(store.clone(), Some(on_apply.clone())).counting_installs(installed.clone());
     let log_store = LogStore::new(store.clone(), cfg.timings.wal_sync.clone());
+    let sm = StateStore::new(store.clone(), Some(on_apply.clone()))
+        .counting_installs(installed.clone())
+        .applying_in(Background::start(leading.clone(), log_store.end()));
     let network = raft_net::Network::new(client.clone());
     Ok(Raft::new(id, config, network, log_store, sm).await?)
 }

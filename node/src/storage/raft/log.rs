@@ -15,6 +15,8 @@ pub struct LogStore {
     syncer: Arc<Syncer>,
     /// The newest entries, so replication and apply read them without a blocking task.
     tail: Arc<Tail>,
+    /// The index of the last entry appended (see [`LogStore::end`]).
+    end: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -28,7 +30,12 @@ impl LogStore {
             .spawn(move || sync_wal(&db, rx, &wal_sync))
             .expect("spawn the WAL syncer");
         let syncer = Arc::new(Syncer { queue, thread: Some(thread) });
-        Self { store, syncer, tail: Arc::default() }
+        Self { store, syncer, tail: Arc::default(), end: Arc::default() }
+    }
+
+    /// The index of the last entry appended, kept up to date (0 until the first append).
+    pub fn end(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.end.clone()
     }
 }
 
@@ -168,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written unsynced (a memtable insert: readable at once, no thread hop); durable, and
         // reported so, once the syncer synced the WAL behind it.
         let mut wb = rocksdb::WriteBatch::default();
-        let mut written = Vec::new();
+        let mut written: Vec<(Entry<TypeConfig>, usize)> = Vec::new();
         for e in entries {
             let encoded = json(&e);
             wb.put_cf(self.store.cf(Cf::RaftLog), e.log_id.index.to_be_bytes(), &encoded);
@@ -177,6 +184,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = write(&self.store, wb, false) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(e).into());
+        }
+        if let Some((last, _)) = written.last() {
+            self.end.store(last.log_id.index, std::sync::atomic::Ordering::Relaxed);
         }
         self.tail.append(written);
         if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.queue.send(callback) {
@@ -187,6 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         self.tail.truncate(log_id.index);
+        self.end.store(log_id.index.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
         blocking(&self.store, move |s| {
             let mut wb = rocksdb::WriteBatch::default();
             wb.delete_range_cf(s.cf(Cf::RaftLog), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());

@@ -7,12 +7,15 @@
 //! core never waits on an fsync. The vote is written synced. State-machine writes need no sync: the
 //! applied log id and membership go in the SAME WriteBatch as the applied data, so after a
 //! crash the machine is at some applied id and openraft re-applies the rest from the log.
+//! A follower applies at low CPU priority while it keeps up (see [`Background`]).
 //!
 //! Snapshots are files: see [`super::snapshot`].
 
+mod background;
 mod log;
 mod state;
 
+pub use background::Background;
 pub use log::LogStore;
 pub use state::StateStore;
 

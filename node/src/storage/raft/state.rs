@@ -15,6 +15,8 @@ pub struct StateStore {
     pub(super) store: Arc<Store>,
     on_apply: Option<OnApply>,
     installed: Arc<std::sync::atomic::AtomicU64>,
+    /// Where a follower applies (see [`Background`]); without it, on the blocking pool.
+    background: Option<Arc<Background>>,
 }
 
 impl Debug for StateStore {
@@ -26,7 +28,12 @@ impl Debug for StateStore {
 impl StateStore {
     /// The state machine over `store`; `on_apply` sees every applied batch's output.
     pub fn new(store: Arc<Store>, on_apply: Option<OnApply>) -> Self {
-        Self { store, on_apply, installed: Default::default() }
+        Self { store, on_apply, installed: Default::default(), background: None }
+    }
+
+    /// Applies as a follower on `background`'s low-priority thread when it says so.
+    pub fn applying_in(self, background: Background) -> Self {
+        Self { background: Some(Arc::new(background)), ..self }
     }
 
     /// Counts the snapshots installed from a leader in `counter` (shared with clones).
@@ -81,8 +88,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let background = match (&self.background, entries.first()) {
+            (Some(b), Some(e)) if b.wanted(e.log_id.index) => Some(b.clone()),
+            _ => None,
+        };
         let on_apply = self.on_apply.clone();
-        blocking(&self.store, move |s| {
+        let apply = move |s: &Store| {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
                 let mut extra = vec![
@@ -106,8 +117,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 out.push(BatchResult(applied.results));
             }
             Ok(out)
-        })
-        .await
+        };
+        match background {
+            Some(b) => b.run(&self.store, apply).await,
+            None => blocking(&self.store, apply).await,
+        }
         .map_err(|e| StorageIOError::write_state_machine(e).into())
     }
 

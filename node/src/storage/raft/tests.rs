@@ -12,8 +12,36 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Build
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), SError> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
         let store = Arc::new(Store::open(dir.path()).map_err(|e| StorageIOError::write(io_err(e)))?);
-        Ok((dir, LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None)))
+        // As a follower: the suite's applies run on the low-priority thread.
+        let log = LogStore::new(store.clone(), Histogram::new([]));
+        let follower = Background::start(Arc::default(), log.end());
+        Ok((dir, log, StateStore::new(store, None).applying_in(follower)))
     }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_follower_applies_at_nice_19_until_it_falls_behind() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (leading, end) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(100)));
+    let background = Background::start(leading.clone(), end.clone());
+    assert!(background.wanted(100 - background::MAX_BEHIND));
+    assert!(!background.wanted(100 - background::MAX_BEHIND - 1), "too far behind: the blocking pool");
+    leading.store(true, Ordering::Relaxed);
+    assert!(!background.wanted(100), "the leader's applies answer clients: never at low priority");
+
+    let (thread, nice) = background
+        .run(&store, |_| {
+            // SAFETY: plain syscalls about the calling thread.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+            Ok((std::thread::current().name().map(String::from), nice))
+        })
+        .await
+        .unwrap();
+    assert_eq!(thread.as_deref(), Some("apply-background"));
+    assert_eq!(nice, 19);
 }
 
 #[test]
