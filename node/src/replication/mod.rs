@@ -218,7 +218,7 @@ impl Replica {
                 acked: AtomicU64::new(0),
                 rotate: AtomicUsize::new(0),
                 installed,
-                leading: leader.clone(),
+                leading: leader,
                 on_apply,
                 leader_view: Mutex::new(None),
                 merger,
@@ -227,7 +227,7 @@ impl Replica {
         };
         let tasks = vec![
             tokio::spawn(raft_net::serve(replica.clone(), inbound)),
-            tokio::spawn(watch_state(replica.clone(), leader)),
+            tokio::spawn(watch_state(replica.clone())),
             tokio::spawn(notices::publish(client, notice_rx)),
             tokio::spawn(membership::run(replica.clone())),
             tokio::spawn(elect_on_leader_loss(replica.clone())),
@@ -509,7 +509,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// storage peer learns each batch's events from its own apply (`OnApply` feeds its hub), so
 /// the leader's gossip would only cost it a signature check and a decode per notice. Others,
 /// input and relay peers, need the gossip and stay subscribed.
-async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
+async fn watch_state(replica: Replica) {
     let mut rafts = replica.inner.raft.subscribe();
     let mut gossip_wanted = true; // the overlay starts subscribed
     loop {
@@ -517,7 +517,7 @@ async fn watch_state(replica: Replica, leader: Arc<AtomicBool>) {
         loop {
             let applies = {
                 let m = rx.borrow_and_update();
-                leader.store(m.state == ServerState::Leader, Ordering::Relaxed);
+                replica.inner.leading.store(m.state == ServerState::Leader, Ordering::Relaxed);
                 replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
                 m.membership_config.membership().get_node(&replica.inner.id).is_some()
             };
