@@ -99,6 +99,19 @@ impl NodeProc {
         NodeProc { child, url, data_dir: data_dir.to_path_buf(), log: rx }
     }
 
+    /// The node's overlay listen address, once it listens (panics after 30 s).
+    pub fn p2p_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view: Option<chorus_protocol::api::ClusterView> = get_json(&format!("{}/api/v1/cluster", self.url));
+            if let Some(addr) = view.and_then(|v| v.this.addrs.into_iter().next()) {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "{} never reported a listen address", self.url);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id (to read its resource use).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -256,27 +269,30 @@ impl LocalCluster {
         Self::start_each(&vec![&[][..]; n], extra)
     }
 
-    /// Starts one node per entry of `each` with those flags plus `common`.
+    /// Starts one node per entry of `each` with those flags plus `common`. The first node
+    /// listens on a port the kernel picks (a port chosen here and passed on could be taken by
+    /// another socket before the node binds it); the others bootstrap from its address.
     pub fn start_each(each: &[&[&str]], common: &[&str]) -> LocalCluster {
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
-        let seed = format!("/ip4/127.0.0.1/tcp/{port}");
         // The nodes share this machine's cores, as `chorus-node cluster`'s do.
         let workers = crate::config::shared_worker_threads(each.len()).to_string();
         let shared = ["--worker-threads", workers.as_str()];
         let flags: Vec<Vec<String>> =
             each.iter().map(|f| f.iter().chain(common).chain(&shared).map(|s| s.to_string()).collect()).collect();
         let dirs: Vec<_> = (0..each.len()).map(|_| tempfile::tempdir().expect("temp dir")).collect();
-        let nodes = dirs
-            .iter()
-            .zip(&flags)
-            .enumerate()
-            .map(|(i, (d, f))| {
-                let mut args = vec![if i == 0 { "--listen" } else { "--bootstrap" }, seed.as_str()];
-                args.extend(f.iter().map(String::as_str));
-                Some(NodeProc::start(d.path(), &args))
-            })
-            .collect();
+        let mut nodes = Vec::new();
+        let mut seed = String::new();
+        for (d, f) in dirs.iter().zip(&flags) {
+            let mut args = Vec::new();
+            if !nodes.is_empty() {
+                args.extend(["--bootstrap", seed.as_str()]);
+            }
+            args.extend(f.iter().map(String::as_str));
+            let node = NodeProc::start(d.path(), &args);
+            if nodes.is_empty() {
+                seed = node.p2p_addr();
+            }
+            nodes.push(Some(node));
+        }
         LocalCluster { dirs, nodes, seed, flags }
     }
 
