@@ -14,6 +14,10 @@
 //! cargo build --release --workspace --bins --examples
 //! target/release/examples/cluster_bench --senders 64 --seconds 10 --rate 1000 [--through all]
 //! ```
+//!
+//! `--dump-paced <file>` also writes every acknowledged send of phase 2, to see when slow
+//! sends happen: a first line with the wall-clock time of the first send (µs since the Unix
+//! epoch), then one line per send, `start latency` in µs, the start relative to the first send.
 
 #[path = "load/mod.rs"]
 mod load;
@@ -56,6 +60,19 @@ fn input_facades(c: &LocalCluster) -> Vec<String> {
         .collect();
     assert!(!urls.is_empty(), "the assignment names no input peer");
     urls
+}
+
+/// `--dump-paced`: see the module doc.
+fn dump_sends(path: &str, acks: &[(Instant, Instant)]) {
+    let Some(first) = acks.iter().map(|a| a.0).min() else { return };
+    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut out = format!("{}\n", (epoch - first.elapsed()).as_micros());
+    for (start, ack) in acks {
+        out.push_str(&format!("{} {}\n", (*start - first).as_micros(), (*ack - *start).as_micros()));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        eprintln!("--dump-paced {path}: {e}");
+    }
 }
 
 fn wait_ready(c: &LocalCluster) -> usize {
@@ -102,6 +119,9 @@ async fn main() {
     let (cpu, per_entry) = cpu_per_message(&c, before, throughput.latency.len());
     eprintln!("cluster paced to {rate} msg/s");
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
+    if let Some(path) = arg("--dump-paced") {
+        dump_sends(&path, &paced.acks);
+    }
 
     // Failover: load through the facades other than the leader's, kill -9 the leader after 2 s.
     let leader_url = c.nodes[leader].as_ref().map(|n| n.url.clone());
