@@ -101,15 +101,10 @@ impl NodeProc {
 
     /// The node's overlay listen address, once it listens (panics after 30 s).
     pub fn p2p_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let view: Option<chorus_protocol::api::ClusterView> = get_json(&format!("{}/api/v1/cluster", self.url));
-            if let Some(addr) = view.and_then(|v| v.this.addrs.into_iter().next()) {
-                return addr;
-            }
-            assert!(Instant::now() < deadline, "{} never reported a listen address", self.url);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let url = format!("{}/api/v1/cluster", self.url);
+        wait_for("the node's listen address", Duration::from_secs(30), || {
+            get_json::<chorus_protocol::api::ClusterView>(&url)?.this.addrs.into_iter().next()
+        })
     }
 
     /// The process id (to read its resource use).
