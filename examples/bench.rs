@@ -18,30 +18,24 @@ use load::{pct, peak_rss_kib, Load};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Parser)]
+#[command(about = "Single-node benchmark: acked messages/s and send latency; prints JSON")]
 struct Args {
-    senders: usize,
-    seconds: u64,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    senders: u16,
+    /// Length of the run, in seconds.
+    #[arg(long, default_value_t = 10.0, value_parser = load::positive)]
+    seconds: f64,
+    /// Pace the senders to this many messages per second (default: closed loop).
+    #[arg(long, value_parser = load::positive)]
     rate: Option<f64>,
-}
-
-fn args() -> Args {
-    let mut a = Args { senders: 64, seconds: 10, rate: None };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--senders" => a.senders = val().parse().expect("--senders N"),
-            "--seconds" => a.seconds = val().parse().expect("--seconds N"),
-            "--rate" => a.rate = Some(val().parse().expect("--rate MSGS_PER_SEC")),
-            other => panic!("unknown flag {other}; use --senders N --seconds N [--rate R]"),
-        }
-    }
-    a
 }
 
 #[tokio::main]
 async fn main() {
-    let args = args();
+    let args = <Args as clap::Parser>::parse();
+    let senders = usize::from(args.senders);
     load::settle_disk();
     let dir = tempfile::tempdir().expect("temp dir");
     let machine = load::machine(dir.path());
@@ -50,17 +44,17 @@ async fn main() {
         &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"],
     );
     let base = node.url.clone();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.senders * 2).build().expect("client");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 2).build().expect("client");
 
     let bases = vec![base.clone()];
-    let tokens = load::users(&http, &bases, "user", args.senders).await;
+    let tokens = load::users(&http, &bases, "user", senders).await;
     let cpu_before = load::cpu_time(node.pid());
     let out = load::run(
         &http,
         &bases,
         "user",
         &tokens,
-        Load { senders: args.senders, seconds: args.seconds as f64, rate: args.rate, receive: false },
+        Load { senders, seconds: args.seconds, rate: args.rate, receive: false },
     )
     .await;
     let node_cpu = cpu_before.zip(load::cpu_time(node.pid())).map(|(b, a)| a - b);

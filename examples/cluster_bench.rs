@@ -30,21 +30,40 @@ use std::time::{Duration, Instant};
 
 const FLAGS: &[&str] = &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"];
 
-/// The value after `name` on the command line.
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+/// Where the senders go: the input peers' facades, or every node's.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Through {
+    Input,
+    All,
 }
 
-fn flag(name: &str, default: f64) -> f64 {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+#[derive(clap::Parser)]
+#[command(about = "Replicated-storage benchmark: a single node and a local 5-node cluster; prints JSON")]
+struct Args {
+    /// Concurrent senders (closed loop and paced phases).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    senders: u16,
+    /// Length of each phase, in seconds.
+    #[arg(long, default_value_t = 10.0, value_parser = load::positive)]
+    seconds: f64,
+    /// Target rate of the paced phases, in messages per second.
+    #[arg(long, default_value_t = 1000.0, value_parser = load::positive)]
+    rate: f64,
+    /// Which HTTP facades the senders use.
+    #[arg(long, value_enum, default_value = "input")]
+    through: Through,
+    /// Write every acknowledged send of the paced phase to this file (see the module doc).
+    #[arg(long, value_name = "FILE")]
+    dump_paced: Option<std::path::PathBuf>,
 }
 
-/// `--through`: `input` (default) or `all`.
-fn through() -> String {
-    let v = arg("--through").unwrap_or_else(|| "input".into());
-    assert!(v == "input" || v == "all", "--through takes input or all, not {v}");
-    v
+impl Through {
+    fn name(self) -> &'static str {
+        match self {
+            Through::Input => "input",
+            Through::All => "all",
+        }
+    }
 }
 
 /// HTTP URLs of the nodes the coordinator's assignment makes input peers.
@@ -63,7 +82,7 @@ fn input_facades(c: &LocalCluster) -> Vec<String> {
 }
 
 /// `--dump-paced`: see the module doc.
-fn dump_sends(path: &str, acks: &[(Instant, Instant)]) {
+fn dump_sends(path: &std::path::Path, acks: &[(Instant, Instant)]) {
     let Some(first) = acks.iter().map(|a| a.0).min() else { return };
     let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut out = format!("{}\n", (epoch - first.elapsed()).as_micros());
@@ -71,7 +90,7 @@ fn dump_sends(path: &str, acks: &[(Instant, Instant)]) {
         out.push_str(&format!("{} {}\n", (*start - first).as_micros(), (*ack - *start).as_micros()));
     }
     if let Err(e) = std::fs::write(path, out) {
-        eprintln!("--dump-paced {path}: {e}");
+        eprintln!("--dump-paced {}: {e}", path.display());
     }
 }
 
@@ -82,10 +101,8 @@ fn wait_ready(c: &LocalCluster) -> usize {
 // One worker: the load generator leaves the cores to the nodes it measures.
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let senders = flag("--senders", 64.0) as usize;
-    let seconds = flag("--seconds", 10.0);
-    let rate = flag("--rate", 1000.0);
-    let through = through();
+    let args = <Args as clap::Parser>::parse();
+    let (senders, seconds, rate) = (usize::from(args.senders), args.seconds, args.rate);
     load::settle_disk();
     let machine = load::machine(tempfile::tempdir().expect("temp dir").path());
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 4).build().expect("client");
@@ -107,9 +124,9 @@ async fn main() {
 
     let mut c = LocalCluster::start(5, FLAGS);
     let leader = wait_ready(&c);
-    let bases: Vec<String> = match through.as_str() {
-        "all" => c.nodes.iter().flatten().map(|n| n.url.clone()).collect(),
-        _ => input_facades(&c),
+    let bases: Vec<String> = match args.through {
+        Through::All => c.nodes.iter().flatten().map(|n| n.url.clone()).collect(),
+        Through::Input => input_facades(&c),
     };
     let tokens = load::users(&http, &bases, "user", senders).await;
     let pids: Vec<u32> = c.nodes.iter().flatten().map(|n| n.pid()).collect();
@@ -119,8 +136,8 @@ async fn main() {
     let (cpu, per_entry) = cpu_per_message(&c, before, throughput.latency.len());
     eprintln!("cluster paced to {rate} msg/s");
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
-    if let Some(path) = arg("--dump-paced") {
-        dump_sends(&path, &paced.acks);
+    if let Some(path) = &args.dump_paced {
+        dump_sends(path, &paced.acks);
     }
 
     // Failover: load through the facades other than the leader's, kill -9 the leader after 2 s.
@@ -146,7 +163,7 @@ async fn main() {
         "nodes": 5,
         "storage_peers": 3,
         "senders": senders,
-        "senders_through": { "facades": through, "nodes": bases.len() },
+        "senders_through": { "facades": args.through.name(), "nodes": bases.len() },
         "single_node": single.json(),
         "cluster_closed_loop": throughput.json(),
         "cluster_paced": { "target_rate": rate, "result": paced.json() },

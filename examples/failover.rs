@@ -17,9 +17,16 @@ use chorus_node::testkit::LocalCluster;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Parser)]
+#[command(about = "Election benchmark: message counts and coordinator failover; prints JSON")]
+struct Args {
+    /// Failover rounds (kill -9 of the coordinator, restart, settle).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rounds: u16,
+}
+
 fn main() {
-    let rounds: usize =
-        std::env::args().skip_while(|a| a != "--rounds").nth(1).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let rounds = usize::from(<Args as clap::Parser>::parse().rounds);
 
     let mut counts = serde_json::Map::new();
     for n in [3usize, 5, 10] {

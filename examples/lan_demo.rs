@@ -19,8 +19,16 @@ use chorus_node::testkit::{workspace_bin, Lan, NodeProc};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Parser)]
+#[command(about = "mDNS LAN demo: a cluster in network namespaces that finds itself (needs root)")]
+struct Args {
+    /// Nodes, one per namespace.
+    #[arg(default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=32))]
+    nodes: u8,
+}
+
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let n = usize::from(<Args as clap::Parser>::parse().nodes);
     let lan = match Lan::new(n) {
         Ok(l) => l,
         Err(e) => {

@@ -16,8 +16,18 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse().ok()).unwrap_or(default)
+#[derive(clap::Parser)]
+#[command(about = "Raft layer throughput: 1 and 3 storage peers in one process; prints JSON")]
+struct Args {
+    /// Concurrent `client_write` callers on the leader.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    writers: u64,
+    /// Commands per log entry.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    batch: u64,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -102,7 +112,7 @@ async fn run(nodes: usize, writers: u64, batch: u64, seconds: u64) -> serde_json
 
 #[tokio::main]
 async fn main() {
-    let (writers, batch, seconds) = (arg("--writers", 64), arg("--batch", 1), arg("--seconds", 5));
+    let Args { writers, batch, seconds } = clap::Parser::parse();
     let one = run(1, writers, batch, seconds).await;
     let three = run(3, writers, batch, seconds).await;
     let ratio = three["commands_per_sec"].as_f64().unwrap_or(0.0) / one["commands_per_sec"].as_f64().unwrap_or(1.0);

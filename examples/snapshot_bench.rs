@@ -21,9 +21,15 @@ use chorus_node::testkit::LocalCluster;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+#[derive(clap::Parser)]
+#[command(about = "Snapshot catch-up benchmark: a promoted storage peer installs the leader's snapshot; prints JSON")]
+struct Args {
+    /// MiB of files stored before the kill.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    mib: u64,
+    /// MiB per file.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    file_mib: u64,
 }
 
 const FLAGS: &[&str] = &[
@@ -41,7 +47,7 @@ const FLAGS: &[&str] = &[
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let (mib, file_mib) = (flag("--mib", 512), flag("--file-mib", 32).max(1));
+    let Args { mib, file_mib } = clap::Parser::parse();
     load::settle_disk();
     let mut c = LocalCluster::start(4, FLAGS);
     let wait = Duration::from_secs(120);

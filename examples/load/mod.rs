@@ -9,6 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Command-line parser for a finite number above zero (rates, durations).
+pub fn positive(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("expected a number above 0, got {v:?}")),
+    }
+}
+
 /// Milliseconds at percentile `p` of sorted durations.
 pub fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
