@@ -2,7 +2,8 @@
 //! storage peers (openraft), any input node serves any user; `kill -9` of the Raft leader and
 //! of a follower under load loses nothing acknowledged, and reads through another node see every
 //! acknowledged message meanwhile; a storage peer that never returns is
-//! replaced and the newcomer catches up by snapshot; a minority answers 503 fast.
+//! replaced and the newcomer catches up by snapshot, and so does a voter behind the purged log
+//! even when the snapshot takes longer than an election; a minority answers 503 fast.
 
 mod common;
 
@@ -408,6 +409,59 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
         rows.as_object().unwrap().iter().filter(|(cf, _)| *cf != "raft_meta").map(|(_, n)| n.as_u64().unwrap()).sum();
     assert_eq!(user_rows, 0, "the returning peer keeps no user data: {rows}");
     assert!(rows["raft_meta"].as_u64().unwrap() <= 1, "at most its vote: {keys}");
+}
+
+/// A voter that fell behind the purged log catches up by a snapshot whose transfer outlasts
+/// the election timeout (small chunks make it so on any machine). openraft sends it no
+/// heartbeat meanwhile; without the election hold it started an election mid-transfer, the
+/// leader stepped down, and the transfer began again from the first chunk, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_behind_the_purged_log_catches_up_by_a_snapshot_slower_than_an_election() {
+    let flags =
+        ["--user-rps", "0", "--snapshot-every", "4", "--snapshot-chunk-kib", "2", "--max-file-size", "16777216"];
+    let c = LocalCluster::start(3, &flags);
+    c.wait_settled(SETTLE);
+    let (leader, views) = wait_replicated(&c, SETTLE);
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let behind = views.iter().find(|(i, _)| *i == follower).unwrap().1.raft.clone().unwrap().last_log_index;
+    let url = c.nodes[leader].as_ref().unwrap().url.clone();
+    let alice = Api::new(&url).user("alice").await;
+
+    signal("-STOP", c.nodes[follower].as_ref().unwrap().pid());
+    // 16 MiB of incompressible files: 8,192 chunks of 2 KiB, seconds on any machine.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..2 {
+        let body: Vec<u8> = (0..1024 * 1024)
+            .flat_map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()
+            })
+            .collect();
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/api/v1/files?name=f{i}.bin"))
+            .bearer_auth(&alice)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "upload {i}: {}", resp.status());
+    }
+    // The leader's snapshot passes the stopped voter's log, and the log before it is purged.
+    let leader_raft = |c: &LocalCluster| c.views().into_iter().find(|(i, _)| *i == leader)?.1.raft;
+    let term = c.wait_until("a snapshot past the stopped voter", SETTLE, |c| {
+        leader_raft(c).filter(|r| r.snapshot_index > behind + 4).map(|r| r.term)
+    });
+
+    signal("-CONT", c.nodes[follower].as_ref().unwrap().pid());
+    let woke = Instant::now();
+    let (_, views) = wait_replicated(&c, Duration::from_secs(120));
+    eprintln!("caught up {:?} after waking", woke.elapsed());
+    let caught_up = views.iter().find(|(i, _)| *i == follower).unwrap().1.raft.clone().unwrap();
+    assert!(caught_up.snapshots_installed >= 1, "caught up by snapshot: {caught_up:?}");
+    // One election at most when the stopped voter wakes up, not one per transfer attempt.
+    assert!(caught_up.term <= term + 4, "terms churned: {term} -> {}", caught_up.term);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

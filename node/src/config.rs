@@ -103,6 +103,10 @@ pub struct RunConfig {
     /// Snapshot the replicated state (and purge the log before it) every this many entries.
     #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
+    #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = 3072,
+          value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub snapshot_chunk_kib: u32,
     /// Async worker threads (default: one per core). Nodes that share a machine do better with
     /// a share of its cores each; `chorus-node cluster` gives each node cores / nodes.
     #[arg(long, env = "CHORUS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -123,6 +127,7 @@ impl RunConfig {
         crate::replication::ReplicaConfig {
             timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
             snapshot_every: self.snapshot_every.max(1),
+            snapshot_chunk: self.snapshot_chunk_kib as usize * 1024,
             timings: Default::default(),
         }
     }

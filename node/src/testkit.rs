@@ -463,8 +463,12 @@ mod raft_peer {
                 }
             });
             let id = node_id(&me);
-            let cfg =
-                ReplicaConfig { timeout: Duration::from_secs(3), snapshot_every: 5000, timings: Default::default() };
+            let cfg = ReplicaConfig {
+                timeout: Duration::from_secs(3),
+                snapshot_every: 5000,
+                snapshot_chunk: 3 << 20,
+                timings: Default::default(),
+            };
             let cluster = Arc::new(ClusterState::default());
             let replica = Replica::start(me, store.clone(), client, raft_rx, cluster, on_apply, cfg).await.unwrap();
             let raft = replica.raft();

@@ -28,6 +28,7 @@ mod membership;
 mod notices;
 pub mod raft_net;
 mod reads;
+mod snapshot_hold;
 
 pub use log::Log;
 
@@ -76,6 +77,8 @@ pub struct ReplicaConfig {
     pub timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Bytes per InstallSnapshot chunk sent to a peer that needs a snapshot.
+    pub snapshot_chunk: usize,
     /// Where the log reports how long its work takes (exported at `/metrics`).
     pub timings: Timings,
 }
@@ -456,6 +459,7 @@ async fn open_raft(
         // append keeps each RPC small and quick, far under the 64 MiB frame limit.
         max_payload_entries: 4,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+        snapshot_max_chunk_size: cfg.snapshot_chunk.max(1) as u64,
         max_in_snapshot_log_to_keep: 0,
         ..Default::default()
     };

@@ -245,8 +245,9 @@ impl RaftNetwork<TypeConfig> for Conn {
 
 /// Answers peers' requests until the overlay's request stream ends.
 pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftInbound>) {
+    let hold = Arc::new(super::snapshot_hold::Hold::default());
     while let Some(req) = inbound.recv().await {
-        let replica = replica.clone();
+        let (replica, hold) = (replica.clone(), hold.clone());
         // Each request on its own task: a slow snapshot install must not hold up heartbeats.
         tokio::spawn(async move {
             let Ok(request) = decode::<Request>(&req.data) else {
@@ -257,7 +258,7 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftIn
             let response = match request {
                 Request::Append(r) => Response::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
-                Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+                Request::Snapshot(r) => Response::Snapshot(hold.install(&raft, r).await),
                 Request::Forward(batch) => Response::Routed(replica.serve_op(Op::Write(batch)).await),
                 Request::Query { queries, min_index } => {
                     Response::Routed(replica.serve_op(Op::Read { queries, min_index }).await)
