@@ -83,7 +83,8 @@ async fn main() {
             .send()
             .await
             .expect("upload");
-        assert!(resp.status().is_success(), "upload {i}: {}", resp.status());
+        let status = resp.status();
+        assert!(status.is_success(), "upload {i}: {status} {}", resp.text().await.unwrap_or_default());
     }
     let upload_s = started.elapsed().as_secs_f64();
     // The leader has a snapshot covering the files (a snapshot every 64 entries).
