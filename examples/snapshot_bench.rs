@@ -17,7 +17,7 @@
 #[allow(dead_code)] // this bench uses a few of the shared helpers
 mod load;
 
-use chorus_node::testkit::LocalCluster;
+use chorus_node::testkit::{incompressible, LocalCluster};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -67,15 +67,7 @@ async fn main() {
     let started = Instant::now();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..mib.div_ceil(file_mib) {
-        // xorshift: incompressible, so LZ4 does not shrink what the snapshot carries.
-        let body: Vec<u8> = (0..file_mib * 1024 * 128)
-            .flat_map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed.to_le_bytes()
-            })
-            .collect();
+        let body = incompressible(file_mib, &mut seed);
         let resp = http
             .post(format!("{url}/api/v1/files?name=f{i}.bin"))
             .bearer_auth(&token)

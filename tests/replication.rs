@@ -7,7 +7,7 @@
 
 mod common;
 
-use chorus_node::testkit::{node_bin, wait_for, LocalCluster};
+use chorus_node::testkit::{incompressible, node_bin, wait_for, LocalCluster};
 use chorus_protocol::api::ClusterView;
 use common::Api;
 use reqwest::StatusCode;
@@ -431,14 +431,7 @@ async fn a_voter_behind_the_purged_log_catches_up_by_a_snapshot_slower_than_an_e
     // 16 MiB of incompressible files: 8,192 chunks of 2 KiB, seconds on any machine.
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for i in 0..2 {
-        let body: Vec<u8> = (0..1024 * 1024)
-            .flat_map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed.to_le_bytes()
-            })
-            .collect();
+        let body = incompressible(8, &mut seed);
         let resp = reqwest::Client::new()
             .post(format!("{url}/api/v1/files?name=f{i}.bin"))
             .bearer_auth(&alice)

@@ -227,6 +227,19 @@ impl Drop for Lan {
     }
 }
 
+/// `mib` MiB of xorshift output: incompressible, so LZ4 does not shrink what a snapshot
+/// carries. `seed` moves on, so the next call gives other bytes.
+pub fn incompressible(mib: u64, seed: &mut u64) -> Vec<u8> {
+    (0..mib * 1024 * 128)
+        .flat_map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            seed.to_le_bytes()
+        })
+        .collect()
+}
+
 /// `GET url` (plain HTTP/1.1 on 127.0.0.1), parsed as JSON. `None` on any failure.
 pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
     use std::io::{Read, Write};
