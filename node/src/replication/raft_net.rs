@@ -14,6 +14,7 @@ use crate::overlay::{Client, RaftInbound};
 use crate::storage::raft::{Batch, RaftNode, TypeConfig};
 use crate::storage::read::Query;
 use chorus_protocol::api::RaftView;
+use chunk::Chunk;
 use libp2p::PeerId;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -46,7 +47,7 @@ pub fn node_id(peer: &PeerId) -> u64 {
 pub(crate) enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Snapshot(Chunk),
     /// Commit this batch (sent to the leader by any node).
     Forward(Batch),
     /// Answer these reads once `min_index` is applied.
@@ -229,7 +230,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        match self.call(&Request::Snapshot(rpc), &option).await? {
+        match self.call(&Request::Snapshot(rpc.into()), &option).await? {
             Response::Snapshot(r) => self.remote(r),
             _ => Err(unexpected()),
         }
@@ -258,7 +259,7 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftIn
             let response = match request {
                 Request::Append(r) => Response::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
-                Request::Snapshot(r) => Response::Snapshot(hold.install(&raft, r).await),
+                Request::Snapshot(r) => Response::Snapshot(hold.install(&raft, r.into()).await),
                 Request::Forward(batch) => Response::Routed(replica.serve_op(Op::Write(batch)).await),
                 Request::Query { queries, min_index } => {
                     Response::Routed(replica.serve_op(Op::Read { queries, min_index }).await)
@@ -272,5 +273,6 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftIn
     }
 }
 
+mod chunk;
 #[cfg(test)]
 mod tests;
