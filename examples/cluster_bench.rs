@@ -57,15 +57,6 @@ struct Args {
     dump_paced: Option<std::path::PathBuf>,
 }
 
-impl Through {
-    fn name(self) -> &'static str {
-        match self {
-            Through::Input => "input",
-            Through::All => "all",
-        }
-    }
-}
-
 /// HTTP URLs of the nodes the coordinator's assignment makes input peers.
 fn input_facades(c: &LocalCluster) -> Vec<String> {
     c.wait_settled(Duration::from_secs(60));
@@ -163,7 +154,7 @@ async fn main() {
         "nodes": 5,
         "storage_peers": 3,
         "senders": senders,
-        "senders_through": { "facades": args.through.name(), "nodes": bases.len() },
+        "senders_through": { "facades": clap::ValueEnum::to_possible_value(&args.through).map(|v| v.get_name().to_owned()), "nodes": bases.len() },
         "single_node": single.json(),
         "cluster_closed_loop": throughput.json(),
         "cluster_paced": { "target_rate": rate, "result": paced.json() },

@@ -104,7 +104,7 @@ pub struct RunConfig {
     #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
     /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
-    #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = 3072,
+    #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = (crate::replication::DEFAULT_SNAPSHOT_CHUNK >> 10) as u32,
           value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub snapshot_chunk_kib: u32,
     /// Async worker threads (default: one per core). Nodes that share a machine do better with

@@ -479,7 +479,7 @@ mod raft_peer {
             let cfg = ReplicaConfig {
                 timeout: Duration::from_secs(3),
                 snapshot_every: 5000,
-                snapshot_chunk: 3 << 20,
+                snapshot_chunk: crate::replication::DEFAULT_SNAPSHOT_CHUNK,
                 timings: Default::default(),
             };
             let cluster = Arc::new(ClusterState::default());

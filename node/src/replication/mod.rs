@@ -70,6 +70,9 @@ pub enum StartError {
     Storage(String),
 }
 
+/// openraft's default snapshot chunk, 3 MiB.
+pub const DEFAULT_SNAPSHOT_CHUNK: usize = 3 << 20;
+
 /// Replication settings.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -77,7 +80,7 @@ pub struct ReplicaConfig {
     pub timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
-    /// Bytes per InstallSnapshot chunk sent to a peer that needs a snapshot.
+    /// Bytes per InstallSnapshot chunk (normally [`DEFAULT_SNAPSHOT_CHUNK`]).
     pub snapshot_chunk: usize,
     /// Where the log reports how long its work takes (exported at `/metrics`).
     pub timings: Timings,
