@@ -151,6 +151,10 @@ pub enum ControlMsg {
         /// It already belongs to the replicated log (has a Raft membership): no genesis.
         #[serde(default)]
         raft_member: bool,
+        /// It knows the cluster has a replicated log (it belonged to it, or heard from a node
+        /// that did; kept on disk): no genesis even while every log holder is down.
+        #[serde(default)]
+        log_seen: bool,
     },
     /// A signed role assignment.
     Assignment(SignedAssignment),

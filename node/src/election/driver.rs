@@ -53,6 +53,11 @@ pub struct ClusterState {
     pub ignored_stale: AtomicU64,
     /// Set by replication: this node belongs to the replicated log (announced in presence).
     pub raft_member: std::sync::atomic::AtomicBool,
+    /// This node knows the cluster has a replicated log: it belonged to it, or a peer said it
+    /// belongs or knows. Never cleared (replication keeps it on disk), announced in presence,
+    /// and a coordinator that knows never issues a genesis: with every log holder down, the
+    /// nodes left wait for them (writes answer 503) instead of starting a second, empty log.
+    pub log_seen: std::sync::atomic::AtomicBool,
     /// The last peer whose connections all closed (replication reacts if it was the leader).
     pub peer_down: tokio::sync::watch::Sender<Option<PeerId>>,
 }
@@ -261,9 +266,12 @@ impl Driver {
                 self.on_heartbeat(source, round);
                 MessageAcceptance::Accept
             }
-            ControlMsg::Presence { peer_id, http, no_storage, epoch, raft_member } => {
+            ControlMsg::Presence { peer_id, http, no_storage, epoch, raft_member, log_seen } => {
                 if peer_id != source.to_base58() {
                     return MessageAcceptance::Reject;
+                }
+                if raft_member || log_seen {
+                    self.state.log_seen.store(true, Ordering::Relaxed);
                 }
                 self.info.insert(source, Info { http, no_storage, raft_member });
                 if epoch > self.max_epoch {
@@ -471,7 +479,10 @@ impl Driver {
             .map(|a| a.assignment.holders(Role::Storage).filter_map(|p| p.parse().ok()).collect())
             .unwrap_or_default();
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
-        let genesis = members.iter().all(|c| !c.raft_member);
+        let genesis = !self.state.log_seen.load(Ordering::Relaxed) && members.iter().all(|c| !c.raft_member);
+        if !genesis && members.iter().all(|c| !c.raft_member) {
+            tracing::warn!("no live node holds the replicated log: waiting for one (writes answer 503)");
+        }
         let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
         self.max_epoch = epoch;
         let assignment = RoleAssignment {
@@ -523,6 +534,7 @@ impl Driver {
             no_storage: self.cfg.no_storage,
             epoch,
             raft_member: self.state.raft_member.load(Ordering::Relaxed),
+            log_seen: self.state.log_seen.load(Ordering::Relaxed),
         };
         self.publish(msg).await;
     }

@@ -10,13 +10,16 @@
 //! * Every tick also refreshes the leader's status report (shown by `GET /api/v1/cluster`).
 
 use super::raft_net::{self, Request, Response};
-use super::{lock, Replica};
+use super::{lock, Replica, StartError};
+use crate::election::driver::ClusterState;
 use crate::storage::raft::RaftNode;
+use crate::storage::Store;
 use chorus_protocol::api::{RaftPeerView, RaftView};
 use libp2p::PeerId;
 use openraft::{ChangeMembers, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TICK: Duration = Duration::from_millis(300);
@@ -34,8 +37,10 @@ pub(crate) fn raft_node(peer: &PeerId) -> RaftNode {
 pub(super) async fn run(replica: Replica) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_seen_saved = replica.inner.cluster.log_seen.load(Ordering::Relaxed);
     loop {
         tick.tick().await;
+        remember_log_seen(&replica, &mut log_seen_saved).await;
         let storage: BTreeMap<u64, RaftNode> =
             replica.storage_peers().iter().map(|p| (raft_net::node_id(p), raft_node(p))).collect();
         let genesis = replica.inner.cluster.view().assignment.is_some_and(|a| a.assignment.genesis);
@@ -50,6 +55,43 @@ pub(super) async fn run(replica: Replica) {
         } else if let Some(leader) = refresh_leader_view(&replica).await {
             forget_if_dropped(&replica, &leader).await;
         }
+    }
+}
+
+/// Loads whether this node knows the cluster has a log ([`ClusterState::log_seen`]). Runs
+/// before the election driver starts, so that a node restarting while every log holder is
+/// down never issues a genesis.
+pub(super) async fn recall_log_seen(store: &Arc<Store>, cluster: &ClusterState) -> Result<(), StartError> {
+    let seen = on_store(store, crate::storage::raft::log_seen).await.map_err(StartError::Storage)?;
+    cluster.log_seen.fetch_or(seen, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A member knows the cluster has a log; whoever knows keeps it on disk (once).
+async fn remember_log_seen(replica: &Replica, saved: &mut bool) {
+    let seen = &replica.inner.cluster.log_seen;
+    if replica.is_member() {
+        seen.store(true, Ordering::Relaxed);
+    }
+    if *saved || !seen.load(Ordering::Relaxed) {
+        return;
+    }
+    match on_store(&replica.inner.store, crate::storage::raft::remember_log_seen).await {
+        Ok(()) => *saved = true,
+        Err(e) => tracing::warn!(error = %e, "cannot record that the cluster has a log"),
+    }
+}
+
+/// Runs `f` on the store off the async workers; a failure as text.
+async fn on_store<T, E>(store: &Arc<Store>, f: fn(&Store) -> Result<T, E>) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -69,8 +111,13 @@ async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
     let raft = replica.raft();
     let m = raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
-    if membership.get_joint_config().len() > 1 {
-        return; // a change is still in progress
+    if let [_, .., target] = membership.get_joint_config().as_slice() {
+        // Not a change of ours in flight (`settle` awaits both steps before the next tick):
+        // its leader stepped down, or our wait timed out, between the two steps. openraft
+        // does not finish it by itself and no other change can start until it is finished.
+        tracing::info!(?target, "finishing a membership change left half done");
+        settle("finish membership change", raft.change_membership(target.clone(), false)).await;
+        return;
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();

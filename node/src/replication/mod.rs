@@ -190,8 +190,8 @@ impl Replica {
                 let _ = notice_tx.try_send((out.notices.clone(), out.revoked_sessions.clone()));
             }
         });
-        let id = raft_net::node_id(&me);
-        let installed = Arc::new(AtomicU64::new(0));
+        membership::recall_log_seen(&store, &cluster).await?;
+        let (id, installed) = (raft_net::node_id(&me), Arc::new(AtomicU64::new(0)));
         let raft = open_raft(id, &store, &client, &cfg, &on_apply, &installed, &leader).await?;
         let (raft, current) = watch::channel(raft);
         let merger = {

@@ -29,17 +29,25 @@ pub fn assign(members: &[Candidate], previous_storage: &[PeerId], replicas: usiz
     let mut sorted: Vec<&Candidate> = members.iter().collect();
     sorted.sort_by_key(|c| c.peer_id.to_bytes());
     sorted.dedup_by_key(|c| c.peer_id);
-    let eligible = |p: &PeerId| sorted.iter().any(|c| c.peer_id == *p && !c.no_storage);
-
-    let mut storage: Vec<PeerId> = previous_storage.iter().copied().filter(|p| eligible(p)).take(replicas).collect();
-    // Then nodes that hold the log (a new coordinator knows no previous set): no data moves.
-    let holders_first = sorted.iter().filter(|c| c.raft_member).chain(sorted.iter().filter(|c| !c.raft_member));
-    for c in holders_first {
+    let live = |p: &PeerId| sorted.iter().find(|c| c.peer_id == *p && !c.no_storage);
+    let holds = |p: &PeerId| live(p).is_some_and(|c| c.raft_member);
+    let previous = || previous_storage.iter().copied().filter(|p| live(p).is_some());
+    let all = || sorted.iter().filter(|c| !c.no_storage).map(|c| c.peer_id);
+    // As little data as possible moves: previous storage peers that hold the log, other
+    // holders (a new coordinator knows no previous set; the holders are back after an outage
+    // in which others were named), previous ones still catching up, then anyone.
+    let order = previous()
+        .filter(holds)
+        .chain(all().filter(holds))
+        .chain(previous().filter(|p| !holds(p)))
+        .chain(all().filter(|p| !holds(p)));
+    let mut storage: Vec<PeerId> = Vec::with_capacity(replicas);
+    for p in order {
         if storage.len() >= replicas {
             break;
         }
-        if !c.no_storage && !storage.contains(&c.peer_id) {
-            storage.push(c.peer_id);
+        if !storage.contains(&p) {
+            storage.push(p);
         }
     }
     let rest: Vec<PeerId> = sorted.iter().map(|c| c.peer_id).filter(|p| !storage.contains(p)).collect();
@@ -150,5 +158,28 @@ mod tests {
         m[5].no_storage = true;
         let b = assign(&m, &[], 3);
         assert!(!b[5].1.contains(&Role::Storage) && count(&b, Role::Storage) == 3);
+    }
+
+    #[test]
+    fn log_holders_back_from_an_outage_take_storage_back() {
+        let mut m = peers(5);
+        m.sort_by_key(|c| c.peer_id.to_bytes());
+        // The holders 0..3 were all down, so 3 and 4 were named (they hold nothing).
+        for c in m.iter_mut().take(3) {
+            c.raft_member = true;
+        }
+        let named = [m[3].peer_id, m[4].peer_id];
+        let storage = |a: &[(PeerId, Vec<Role>)]| -> Vec<PeerId> {
+            a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect()
+        };
+        let holders: Vec<PeerId> = m.iter().take(3).map(|c| c.peer_id).collect();
+        assert_eq!(storage(&assign(&m, &named, 3)), holders);
+        // A previous storage peer that holds the log keeps the role over other holders.
+        m[4].raft_member = true;
+        let kept = storage(&assign(&m, &[m[4].peer_id, m[0].peer_id], 3));
+        assert_eq!(kept, [m[0].peer_id, m[1].peer_id, m[4].peer_id]);
+        // With no holder alive, the named ones stay named.
+        let blank: Vec<Candidate> = m.iter().skip(3).cloned().map(|c| Candidate { raft_member: false, ..c }).collect();
+        assert_eq!(storage(&assign(&blank, &named, 3)), named);
     }
 }

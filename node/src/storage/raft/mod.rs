@@ -72,6 +72,9 @@ const SNAP_META: &[u8] = b"snapshot_meta";
 const LEGACY_SNAP_DATA: &[u8] = b"snapshot_data";
 /// Set while an install replaces the state CFs (see [`super::snapshot`]).
 const INSTALLING: &[u8] = b"installing_snapshot";
+/// Set once this node knows the cluster has a replicated log; never cleared (see
+/// [`crate::election::driver::ClusterState::log_seen`]).
+const LOG_SEEN: &[u8] = b"log_seen";
 
 fn io_err(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
@@ -123,14 +126,26 @@ fn delete_rows(
     Ok(())
 }
 
+/// Whether this node ever knew the cluster to have a replicated log.
+pub fn log_seen(store: &Store) -> Result<bool, AnyError> {
+    Ok(store.get(Cf::RaftMeta, LOG_SEEN).map_err(io_err)?.is_some())
+}
+
+/// Records, durably, that the cluster has a replicated log.
+pub fn remember_log_seen(store: &Store) -> Result<(), AnyError> {
+    let mut wb = rocksdb::WriteBatch::default();
+    wb.put_cf(store.cf(Cf::RaftMeta), LOG_SEEN, b"1");
+    write(store, wb, true)
+}
+
 /// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot
-/// and the commit point, in one synced write. Only the vote stays (a node never votes twice in
-/// a term). For a node the committed membership no longer holds: it keeps no user data, and
+/// and the commit point, in one synced write. Only the vote (a node never votes twice in a
+/// term) and the fact that a log exists stay. For a node the committed membership no longer holds: it keeps no user data, and
 /// Raft started on the store afterwards is a blank node that can be added again.
 pub fn forget(store: &Store) -> Result<(), AnyError> {
     let mut wb = rocksdb::WriteBatch::default();
     delete_rows(store, &mut wb, Cf::STATE.into_iter().chain([Cf::RaftLog]), |_| true)?;
-    delete_rows(store, &mut wb, [Cf::RaftMeta], |k| k != VOTE)?;
+    delete_rows(store, &mut wb, [Cf::RaftMeta], |k| k != VOTE && k != LOG_SEEN)?;
     let written = write(store, wb, true);
     store.hot.clear();
     written?;
