@@ -481,7 +481,10 @@ impl Driver {
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
         let genesis = !self.state.log_seen.load(Ordering::Relaxed) && members.iter().all(|c| !c.raft_member);
         if !genesis && members.iter().all(|c| !c.raft_member) {
-            tracing::warn!("no live node holds the replicated log: waiting for one (writes answer 503)");
+            tracing::warn!(
+                "no live node holds the replicated log: waiting for one (writes answer 503; to start \
+                 over with an empty log, stop every node and delete every data dir)"
+            );
         }
         let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
         self.max_epoch = epoch;
