@@ -1,12 +1,13 @@
 //! The Raft membership follows the coordinator's storage set.
 //!
-//! * Genesis: an assignment marked `genesis` (no member announced a log) makes each of its
-//!   storage peers that has no log call `initialize` with the same voter set: identical first
+//! * Genesis: an assignment marked `genesis` (no member announced a log, and the coordinator
+//!   never knew of one: `ClusterState::log_seen`, kept on disk here) makes each of its storage
+//!   peers that has no log call `initialize` with the same voter set: identical first
 //!   entries, so it does not matter which of them wins the first election.
 //! * Afterwards only the Raft leader changes the membership, one change at a time: a new
 //!   storage peer joins as a learner; once it has caught up it is promoted, and voters that
 //!   lost the storage role are dropped in the same joint change. A change that would not keep
-//!   a majority of the current voters is not attempted.
+//!   a majority of the current voters is not attempted; one left half done is finished first.
 //! * Every tick also refreshes the leader's status report (shown by `GET /api/v1/cluster`).
 
 use super::raft_net::{self, Request, Response};
