@@ -142,12 +142,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let roles: Vec<&str> = m["roles"].as_array().map(|r| r.iter().map(s).collect()).unwrap_or_default();
                     format!("  {} {:<24} {}", s(&m["peer_id"]), roles.join(","), s(&m["http"]))
                 });
-                out
+                out + "\n" + &raft_text(&v["raft"])
             });
         }
         Cmd::Chat { chat } => interactive(&c, &chat).await?,
     }
     Ok(())
+}
+
+fn raft_text(r: &Value) -> String {
+    match r["leader"].as_str() {
+        Some(l) => format!("storage log: leader {l}, term {}, commit index {}", r["term"], r["commit_index"]),
+        None if r["log_seen"] == true => {
+            "storage log: no leader; every node holding it is down, writes answer 503 until one returns".into()
+        }
+        None => "storage log: no leader yet".into(),
+    }
 }
 
 fn s(v: &Value) -> &str {

@@ -86,6 +86,8 @@ fn cli_end_to_end() {
     assert!(Path::new(&dst).exists());
 
     assert!(alice.ok(&["chats"]).contains("dm:alice:bob"));
+    let cluster = alice.ok(&["cluster"]);
+    assert!(cluster.contains("coordinator ") && cluster.contains("storage log: leader "), "{cluster}");
     alice.ok(&["logout"]);
     let (ok, _, err) = alice.run(&["chats"]);
     assert!(!ok && err.contains("not logged in"), "{err}");

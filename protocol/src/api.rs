@@ -373,6 +373,11 @@ pub struct RaftView {
     /// `applied_index` means that membership is committed.
     #[serde(default)]
     pub membership_index: u64,
+    /// This node knows the cluster has a replicated log (it belonged to it, or heard from a
+    /// node that did). With no leader known, every holder of the log is down: writes and reads
+    /// answer 503 until one returns, and no new log is started.
+    #[serde(default)]
+    pub log_seen: bool,
     /// Voters and learners (PeerIds) with their replication progress (leader only).
     pub peers: Vec<RaftPeerView>,
 }
