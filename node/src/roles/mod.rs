@@ -91,6 +91,20 @@ mod tests {
         a.iter().filter(|(_, r)| r.contains(&role)).count()
     }
 
+    fn storage(a: &[(PeerId, Vec<Role>)]) -> Vec<PeerId> {
+        a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect()
+    }
+
+    /// `n` candidates sorted by PeerId bytes; those in `holders` hold the log.
+    fn sorted_peers(n: usize, holders: std::ops::Range<usize>) -> Vec<Candidate> {
+        let mut m = peers(n);
+        m.sort_by_key(|c| c.peer_id.to_bytes());
+        for c in &mut m[holders] {
+            c.raft_member = true;
+        }
+        m
+    }
+
     #[test]
     fn policy_for_every_size() {
         for n in 1..=12 {
@@ -126,11 +140,11 @@ mod tests {
         }
         assert_eq!(count(&a, Role::Storage), 3);
         // Existing storage peers keep the role when others join.
-        let previous: Vec<PeerId> = a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let previous = storage(&a);
         let mut bigger = m.clone();
         bigger.extend(peers(4));
         let b = assign(&bigger, &previous, 3);
-        let now: Vec<PeerId> = b.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let now = storage(&b);
         let mut x = previous.clone();
         x.sort_by_key(|p| p.to_bytes());
         let mut y = now.clone();
@@ -144,16 +158,10 @@ mod tests {
 
     #[test]
     fn without_a_previous_set_the_log_holders_stay_storage() {
-        let mut m = peers(6);
-        m.sort_by_key(|c| c.peer_id.to_bytes());
         // The three highest PeerIds hold the log (a full restart after replacements).
-        for c in m.iter_mut().skip(3) {
-            c.raft_member = true;
-        }
-        let a = assign(&m, &[], 3);
-        let storage: Vec<PeerId> = a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect();
+        let mut m = sorted_peers(6, 3..6);
         let holders: Vec<PeerId> = m.iter().skip(3).map(|c| c.peer_id).collect();
-        assert_eq!(storage, holders);
+        assert_eq!(storage(&assign(&m, &[], 3)), holders);
         // A holder started with --no-storage is still passed over.
         m[5].no_storage = true;
         let b = assign(&m, &[], 3);
@@ -162,16 +170,9 @@ mod tests {
 
     #[test]
     fn log_holders_back_from_an_outage_take_storage_back() {
-        let mut m = peers(5);
-        m.sort_by_key(|c| c.peer_id.to_bytes());
         // The holders 0..3 were all down, so 3 and 4 were named (they hold nothing).
-        for c in m.iter_mut().take(3) {
-            c.raft_member = true;
-        }
+        let mut m = sorted_peers(5, 0..3);
         let named = [m[3].peer_id, m[4].peer_id];
-        let storage = |a: &[(PeerId, Vec<Role>)]| -> Vec<PeerId> {
-            a.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| *p).collect()
-        };
         let holders: Vec<PeerId> = m.iter().take(3).map(|c| c.peer_id).collect();
         assert_eq!(storage(&assign(&m, &named, 3)), holders);
         // A previous storage peer that holds the log keeps the role over other holders.
