@@ -479,8 +479,9 @@ impl Driver {
             .map(|a| a.assignment.holders(Role::Storage).filter_map(|p| p.parse().ok()).collect())
             .unwrap_or_default();
         let roles = roles::assign(&members, &previous_storage, self.cfg.storage_replicas);
-        let genesis = !self.state.log_seen.load(Ordering::Relaxed) && members.iter().all(|c| !c.raft_member);
-        if !genesis && members.iter().all(|c| !c.raft_member) {
+        let no_holder = members.iter().all(|c| !c.raft_member);
+        let genesis = no_holder && !self.state.log_seen.load(Ordering::Relaxed);
+        if no_holder && !genesis {
             tracing::warn!(
                 "no live node holds the replicated log: waiting for one (writes answer 503; to start \
                  over with an empty log, stop every node and delete every data dir)"

@@ -63,7 +63,7 @@ pub(super) async fn run(replica: Replica) {
 /// before the election driver starts, so that a node restarting while every log holder is
 /// down never issues a genesis.
 pub(super) async fn recall_log_seen(store: &Arc<Store>, cluster: &ClusterState) -> Result<(), StartError> {
-    let seen = on_store(store, crate::storage::raft::log_seen).await.map_err(StartError::Storage)?;
+    let seen = crate::storage::raft::log_seen(store).await.map_err(|e| StartError::Storage(e.to_string()))?;
     cluster.log_seen.fetch_or(seen, Ordering::Relaxed);
     Ok(())
 }
@@ -77,22 +77,9 @@ async fn remember_log_seen(replica: &Replica, saved: &mut bool) {
     if *saved || !seen.load(Ordering::Relaxed) {
         return;
     }
-    match on_store(&replica.inner.store, crate::storage::raft::remember_log_seen).await {
+    match crate::storage::raft::remember_log_seen(&replica.inner.store).await {
         Ok(()) => *saved = true,
         Err(e) => tracing::warn!(error = %e, "cannot record that the cluster has a log"),
-    }
-}
-
-/// Runs `f` on the store off the async workers; a failure as text.
-async fn on_store<T, E>(store: &Arc<Store>, f: fn(&Store) -> Result<T, E>) -> Result<T, String>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
     }
 }
 

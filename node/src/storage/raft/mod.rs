@@ -127,21 +127,25 @@ fn delete_rows(
 }
 
 /// Whether this node ever knew the cluster to have a replicated log.
-pub fn log_seen(store: &Store) -> Result<bool, AnyError> {
-    Ok(store.get(Cf::RaftMeta, LOG_SEEN).map_err(io_err)?.is_some())
+pub async fn log_seen(store: &Arc<Store>) -> Result<bool, AnyError> {
+    blocking(store, |s| Ok(s.get(Cf::RaftMeta, LOG_SEEN).map_err(io_err)?.is_some())).await
 }
 
 /// Records, durably, that the cluster has a replicated log.
-pub fn remember_log_seen(store: &Store) -> Result<(), AnyError> {
-    let mut wb = rocksdb::WriteBatch::default();
-    wb.put_cf(store.cf(Cf::RaftMeta), LOG_SEEN, b"1");
-    write(store, wb, true)
+pub async fn remember_log_seen(store: &Arc<Store>) -> Result<(), AnyError> {
+    blocking(store, |s| {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(s.cf(Cf::RaftMeta), LOG_SEEN, b"1");
+        write(s, wb, true)
+    })
+    .await
 }
 
 /// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot
 /// and the commit point, in one synced write. Only the vote (a node never votes twice in a
-/// term) and the fact that a log exists stay. For a node the committed membership no longer holds: it keeps no user data, and
-/// Raft started on the store afterwards is a blank node that can be added again.
+/// term) and the mark that the cluster has a log stay. For a node the committed membership no
+/// longer holds: it keeps no user data, and Raft started on the store afterwards is a blank
+/// node that can be added again.
 pub fn forget(store: &Store) -> Result<(), AnyError> {
     let mut wb = rocksdb::WriteBatch::default();
     delete_rows(store, &mut wb, Cf::STATE.into_iter().chain([Cf::RaftLog]), |_| true)?;

@@ -96,8 +96,8 @@ async fn forget_keeps_only_the_vote_and_an_interrupted_install_forgets() {
     let vote = Vote::new_committed(3, 7);
     log.save_vote(&vote).await.unwrap();
     log.save_committed(Some(entry.log_id)).await.unwrap();
-    assert!(!log_seen(&store).unwrap());
-    remember_log_seen(&store).unwrap();
+    assert!(!log_seen(&store).await.unwrap());
+    remember_log_seen(&store).await.unwrap();
     assert!(store.user("alice").unwrap().is_some());
 
     assert!(snapshot::dir(&store).exists());
@@ -109,7 +109,7 @@ async fn forget_keeps_only_the_vote_and_an_interrupted_install_forgets() {
     let rows = store.row_counts().unwrap();
     assert!(rows.iter().all(|(cf, n)| *n == 0 || *cf == Cf::RaftMeta.name()), "{rows:?}");
     assert_eq!(rows[Cf::RaftMeta.name()], 2, "only the vote and that a log exists");
-    assert!(log_seen(&store).unwrap(), "a forgotten copy still knows the cluster has a log");
+    assert!(log_seen(&store).await.unwrap(), "a forgotten copy still knows the cluster has a log");
     let (mut log, mut sm) = (LogStore::new(store.clone(), Histogram::new([])), StateStore::new(store, None));
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     assert_eq!(log.read_committed().await.unwrap(), None);
