@@ -487,6 +487,8 @@ impl Driver {
                  over with an empty log, stop every node and delete every data dir)"
             );
         }
+        let previous = self.assignment.as_ref().map(|a| &a.assignment);
+        let genesis_voters = if genesis { roles::genesis_voters(previous, &roles) } else { Vec::new() };
         let epoch = self.max_epoch.max(self.assignment.as_ref().map_or(0, |a| a.assignment.epoch)).saturating_add(1);
         self.max_epoch = epoch;
         let assignment = RoleAssignment {
@@ -502,7 +504,7 @@ impl Driver {
                 })
                 .collect(),
             issued_at: crate::service::now_ms(),
-            genesis,
+            genesis_voters,
         };
         match sign::sign(assignment, &self.key) {
             Ok(signed) => {
@@ -588,7 +590,7 @@ mod tests {
             coordinator: storage.to_base58(),
             members: vec![member(&storage, vec![Role::Storage, Role::Input]), member(&input, vec![Role::Input])],
             issued_at: 0,
-            genesis: false,
+            genesis_voters: vec![],
         };
         assert_eq!(notice_acceptance(Some(&assignment), &storage), MessageAcceptance::Accept);
         assert_eq!(notice_acceptance(Some(&assignment), &input), MessageAcceptance::Ignore);

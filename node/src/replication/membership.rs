@@ -1,9 +1,11 @@
 //! The Raft membership follows the coordinator's storage set.
 //!
-//! * Genesis: an assignment marked `genesis` (no member announced a log, and the coordinator
-//!   never knew of one: `ClusterState::log_seen`, kept on disk here) makes each of its storage
-//!   peers that has no log call `initialize` with the same voter set: identical first
-//!   entries, so it does not matter which of them wins the first election.
+//! * Genesis: an assignment with `genesis_voters` (no member announced a log, and the
+//!   coordinator never knew of one: `ClusterState::log_seen`, kept on disk here) makes each of
+//!   those voters that has no log call `initialize` with that same set: identical first
+//!   entries, so it does not matter which of them wins the first election. Coordinators keep
+//!   the set while any of its peers is a member (`roles::genesis_voters`), so nodes named
+//!   storage later join as learners instead of starting a second log.
 //! * Afterwards only the Raft leader changes the membership, one change at a time: a new
 //!   storage peer joins as a learner; once it has caught up it is promoted, and voters that
 //!   lost the storage role are dropped in the same joint change. A change that would not keep
@@ -35,6 +37,10 @@ pub(crate) fn raft_node(peer: &PeerId) -> RaftNode {
     RaftNode { peer_id: peer.to_base58(), addrs: Vec::new() }
 }
 
+fn raft_nodes(peers: impl IntoIterator<Item = PeerId>) -> BTreeMap<u64, RaftNode> {
+    peers.into_iter().map(|p| (raft_net::node_id(&p), raft_node(&p))).collect()
+}
+
 pub(super) async fn run(replica: Replica) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -42,11 +48,11 @@ pub(super) async fn run(replica: Replica) {
     loop {
         tick.tick().await;
         remember_log_seen(&replica, &mut log_seen_saved).await;
-        let storage: BTreeMap<u64, RaftNode> =
-            replica.storage_peers().iter().map(|p| (raft_net::node_id(p), raft_node(p))).collect();
-        let genesis = replica.inner.cluster.view().assignment.is_some_and(|a| a.assignment.genesis);
-        if genesis && storage.contains_key(&replica.inner.id) {
-            initialize(&replica, storage.clone()).await;
+        let storage = raft_nodes(replica.storage_peers());
+        let genesis = replica.inner.cluster.view().assignment.map(|a| a.assignment.genesis_voters);
+        let voters = raft_nodes(genesis.iter().flatten().filter_map(|p| p.parse().ok()));
+        if voters.contains_key(&replica.inner.id) {
+            initialize(&replica, voters).await;
         }
         if replica.raft().metrics().borrow().state == ServerState::Leader {
             if !storage.is_empty() {

@@ -8,7 +8,7 @@
 
 pub mod sign;
 
-use chorus_protocol::cluster::Role;
+use chorus_protocol::cluster::{Role, RoleAssignment};
 use libp2p::PeerId;
 
 /// A live member as the coordinator knows it.
@@ -75,6 +75,20 @@ pub fn assign(members: &[Candidate], previous_storage: &[PeerId], replicas: usiz
             (p, roles)
         })
         .collect()
+}
+
+/// The voters of a genesis assignment with these `roles`: those of the genesis in force
+/// (`previous`, the assignment this coordinator holds) while any of them is still a member,
+/// else the storage peers of `roles`. So every node that starts the log starts it with the
+/// same voters, even when nodes join or a new coordinator issues its genesis before it hears
+/// that the log started: the first storage peers of a cluster that starts node by node are
+/// the first node alone, and the others join its log as learners.
+pub fn genesis_voters(previous: Option<&RoleAssignment>, roles: &[(PeerId, Vec<Role>)]) -> Vec<String> {
+    let member = |p: &String| roles.iter().any(|(q, _)| q.to_base58() == *p);
+    match previous {
+        Some(a) if a.genesis_voters.iter().any(member) => a.genesis_voters.clone(),
+        _ => roles.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| p.to_base58()).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +196,54 @@ mod tests {
         // With no holder alive, the named ones stay named.
         let blank: Vec<Candidate> = m.iter().skip(3).cloned().map(|c| Candidate { raft_member: false, ..c }).collect();
         assert_eq!(storage(&assign(&blank, &named, 3)), named);
+    }
+
+    fn assignment(roles: Vec<(PeerId, Vec<Role>)>, genesis_voters: Vec<String>) -> RoleAssignment {
+        let members = roles
+            .into_iter()
+            .map(|(p, roles)| chorus_protocol::cluster::Member { peer_id: p.to_base58(), http: None, roles })
+            .collect();
+        RoleAssignment { epoch: 1, round: 1, coordinator: String::new(), members, issued_at: 0, genesis_voters }
+    }
+
+    /// Sorted base58 names (a PeerId displays as its base58).
+    fn names<T: ToString>(peers: &[T]) -> Vec<String> {
+        let mut v: Vec<String> = peers.iter().map(T::to_string).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_node_starts_the_log_with_the_same_genesis_voters() {
+        let m = sorted_peers(5, 0..0);
+        let first = assign(&m, &[], 3);
+        let voters = genesis_voters(None, &first);
+        assert_eq!(names(&voters), names(&storage(&first)));
+        let first = assignment(first, voters.clone());
+        // The coordinator, a storage peer, dies before anyone heard that the log started; its
+        // successor names another node in its place, but keeps the voters.
+        let dead: PeerId = voters[0].parse().unwrap();
+        let survivors: Vec<Candidate> = m.iter().filter(|c| c.peer_id != dead).cloned().collect();
+        let second = assign(&survivors, &storage(&first_roles(&first)), 3);
+        assert_ne!(names(&storage(&second)), names(&voters));
+        assert_eq!(genesis_voters(Some(&first), &second), voters);
+        // A cluster that starts node by node: the first node alone is the genesis; nodes that
+        // join before it announced its log are storage peers, not voters of the genesis.
+        let alone = assign(&m[..1], &[], 3);
+        let alone = assignment(alone.clone(), genesis_voters(None, &alone));
+        let grown = assign(&m, &[m[0].peer_id], 3);
+        assert_eq!(storage(&grown).len(), 3);
+        assert_eq!(genesis_voters(Some(&alone), &grown), [m[0].peer_id.to_base58()]);
+        // Once none of the voters is a member, the storage peers of the day start the log.
+        let others: Vec<Candidate> = m.iter().filter(|c| !voters.contains(&c.peer_id.to_base58())).cloned().collect();
+        let third = assign(&others, &[], 3);
+        assert_eq!(names(&genesis_voters(Some(&first), &third)), names(&storage(&third)));
+        // An assignment that was no genesis has no voters to keep.
+        let plain = assignment(first_roles(&first), Vec::new());
+        assert_eq!(names(&genesis_voters(Some(&plain), &second)), names(&storage(&second)));
+    }
+
+    fn first_roles(a: &RoleAssignment) -> Vec<(PeerId, Vec<Role>)> {
+        a.members.iter().map(|m| (m.peer_id.parse().unwrap(), m.roles.clone())).collect()
     }
 }

@@ -71,7 +71,7 @@ mod tests {
             coordinator: coordinator.to_string(),
             members: vec![],
             issued_at: 0,
-            genesis: false,
+            genesis_voters: vec![],
         }
     }
 
