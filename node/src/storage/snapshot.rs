@@ -5,11 +5,12 @@
 //! length-prefixed framing: `cf(u8) klen(u32) key vlen(u32) value`, big-endian. The current one
 //! is `<db>/snapshots/<snapshot_id>.snap`; its meta is in `raft_meta` (`SNAP_META`).
 //!
-//! * Build: stream the rows into a temporary file, fsync it, rename it into place, then record
-//!   the meta and delete older files.
+//! * Build: stream the rows into a temporary file, fsync it, rename it into place, record the
+//!   meta (synced), and only then delete older files: the meta in force always names a file
+//!   that exists (a leader whose replication finds no snapshot file stops its Raft).
 //! * Receive: the leader's chunks go into an unnamed file (created and unlinked at once, so an
 //!   abandoned transfer leaves nothing behind).
-//! * Install: copy the received file into place, then replace the state CFs in bounded
+//! * Install: copy the received file in, rename it into place, then replace the state CFs in bounded
 //!   WriteBatches. A crash in the middle would leave a mix of old and new rows, so an
 //!   `INSTALLING` marker is written (synced) first and cleared in the last batch, with the new
 //!   applied id. A node that starts with the marker set forgets its copy (see
@@ -47,7 +48,7 @@ fn temp_path(s: &Store, what: &str) -> Result<PathBuf, AnyError> {
 }
 
 /// Writes every state row of `snap` to a new temporary file; returns the file's path and
-/// size. The caller renames it into place with [`keep`].
+/// size. The caller renames it into place with [`place`].
 pub(crate) fn write_rows(s: &Store, snap: &rocksdb::Snapshot<'_>) -> Result<(PathBuf, u64), AnyError> {
     let tmp = temp_path(s, "building")?;
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err)?);
@@ -68,14 +69,22 @@ pub(crate) fn write_rows(s: &Store, snap: &rocksdb::Snapshot<'_>) -> Result<(Pat
     Ok((tmp, size))
 }
 
-/// Renames a finished temporary file to snapshot `id`'s and deletes every other snapshot file.
-/// Open handles of deleted files (a transfer to a follower) stay readable.
-pub(crate) fn keep(s: &Store, tmp: &Path, id: &str) -> Result<(), AnyError> {
+/// Renames a finished temporary file to snapshot `id`'s; returns the new path. The caller
+/// records the meta (synced) and only then [`prune`]s, so the meta in force always names a
+/// file that exists.
+pub(crate) fn place(s: &Store, tmp: &Path, id: &str) -> Result<PathBuf, AnyError> {
     let target = path(s, id);
     std::fs::rename(tmp, &target).map_err(io_err)?;
+    Ok(target)
+}
+
+/// Deletes every snapshot file but `id`'s. Open handles of deleted files (a transfer to a
+/// follower) stay readable.
+pub(crate) fn prune(s: &Store, id: &str) -> Result<(), AnyError> {
+    let keep = path(s, id);
     for entry in std::fs::read_dir(dir(s)).map_err(io_err)?.flatten() {
         let p = entry.path();
-        if p != target && p.extension().is_some_and(|e| e == "snap") {
+        if p != keep && p.extension().is_some_and(|e| e == "snap") {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -197,7 +206,7 @@ mod tests {
         b.db.put_cf(b.cf(Cf::Users), b"stale", b"x").unwrap();
         let (tmp, size) = write_rows(&a, &a.db.snapshot()).unwrap();
         assert_eq!(std::fs::metadata(&tmp).unwrap().len(), size);
-        keep(&a, &tmp, "1-2-3").unwrap();
+        place(&a, &tmp, "1-2-3").unwrap();
         let copied = copy_in(&b, File::open(path(&a, "1-2-3")).unwrap()).unwrap();
         load_rows(&b, &copied, rocksdb::WriteBatch::default()).unwrap();
         assert_eq!(a.digest().unwrap(), b.digest().unwrap(), "the stale row is gone, the rest copied");

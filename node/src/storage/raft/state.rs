@@ -54,13 +54,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
                 Some(l) => format!("{}-{}-{size}", l.leader_id.term, l.index),
                 None => format!("empty-{size}"),
             };
-            snapshot::keep(s, &tmp, &snapshot_id)?;
+            let path = snapshot::place(s, &tmp, &snapshot_id)?;
             let meta = SnapshotMeta { last_log_id: applied, last_membership, snapshot_id };
             let mut wb = rocksdb::WriteBatch::default();
             wb.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
             wb.delete_cf(s.cf(Cf::RaftMeta), LEGACY_SNAP_DATA);
-            write(s, wb, false)?;
-            Ok((meta.clone(), snapshot::path(s, &meta.snapshot_id)))
+            write(s, wb, true)?;
+            snapshot::prune(s, &meta.snapshot_id)?;
+            Ok((meta, path))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
@@ -162,8 +163,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             last.put_cf(s.cf(Cf::RaftMeta), SNAP_META, json(&meta));
             last.delete_cf(s.cf(Cf::RaftMeta), LEGACY_SNAP_DATA);
             last.delete_cf(s.cf(Cf::RaftMeta), INSTALLING);
-            snapshot::load_rows(s, &tmp, last)?;
-            snapshot::keep(s, &tmp, &meta.snapshot_id)
+            let placed = snapshot::place(s, &tmp, &meta.snapshot_id)?;
+            snapshot::load_rows(s, &placed, last)?;
+            snapshot::prune(s, &meta.snapshot_id)
         })
         .await
         .map_err(err)
@@ -171,17 +173,27 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
         let found = blocking(&self.store, |s| {
-            let meta: Option<SnapshotMeta<NodeId, RaftNode>> = get_meta(s, SNAP_META)?;
-            Ok(meta.map(|m| (snapshot::path(s, &m.snapshot_id), m)))
+            let mut last_id = None;
+            loop {
+                let Some(meta) = get_meta::<SnapshotMeta<NodeId, RaftNode>>(s, SNAP_META)? else { return Ok(None) };
+                match std::fs::File::open(snapshot::path(s, &meta.snapshot_id)) {
+                    Ok(file) => return Ok(Some((file, meta))),
+                    // A newer snapshot replaced it between the two reads (a build prunes older
+                    // files only after recording its meta): read the meta again.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::NotFound && last_id.as_ref() != Some(&meta.snapshot_id) =>
+                    {
+                        last_id = Some(meta.snapshot_id);
+                    }
+                    // Recorded by an older version, or lost: openraft builds a new one when it
+                    // needs one.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(io_err(e)),
+                }
+            }
         })
         .await
         .map_err(|e| StorageIOError::read_snapshot(None, e))?;
-        let Some((path, meta)) = found else { return Ok(None) };
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
-            // Recorded by an older version, or lost: openraft builds a new one when it needs one.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
-        }
+        Ok(found.map(|(file, meta)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
     }
 }

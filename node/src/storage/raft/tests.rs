@@ -117,3 +117,45 @@ async fn forget_keeps_only_the_vote_and_an_interrupted_install_forgets() {
     assert_eq!(sm.applied_state().await.unwrap(), (None, StoredMembership::default()));
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
 }
+
+/// openraft stops a leader's Raft when the snapshot it is about to send cannot be read, so
+/// the current snapshot must stay readable while newer ones are built (before 2026-12-01 a
+/// build deleted the older file before it recorded its own meta: `snapshot_bench --mib 1536`
+/// lost its leader that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_current_snapshot_stays_readable_while_newer_ones_are_built() {
+    let (_dir, _log, mut sm) = Builder.build().await.unwrap();
+    let account = |i: u64| Command::CreateAccount {
+        username: format!("user{i}"),
+        display_name: None,
+        password_hash: "x".repeat(4096),
+        at: 1,
+    };
+    let entry = |i: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), i),
+        payload: EntryPayload::Normal(Batch(vec![account(i)])),
+    };
+    sm.apply([entry(1)]).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reader = sm.get_snapshot_builder().await;
+    let reading = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let found = reader.get_current_snapshot().await.unwrap();
+                assert!(found.is_some(), "the current snapshot vanished after {reads} reads");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 2..=150 {
+        sm.apply([entry(i)]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reading.await.unwrap();
+    assert!(reads > 100, "the reader barely ran: {reads} reads");
+}
