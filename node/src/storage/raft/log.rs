@@ -108,7 +108,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 if !r.contains(&idx) {
                     break;
                 }
-                out.push(unjson(&v)?);
+                out.push(decode_entry(&v)?);
             }
             Ok(out)
         })
@@ -126,7 +126,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last =
                 s.db.iterator_cf(s.cf(Cf::RaftLog), rocksdb::IteratorMode::End).next().transpose().map_err(io_err)?;
             let last = match last {
-                Some((_, v)) => Some(unjson::<Entry<TypeConfig>>(&v)?.log_id),
+                Some((_, v)) => Some(decode_entry(&v)?.log_id),
                 None => purged,
             };
             Ok(LogState { last_purged_log_id: purged, last_log_id: last })
@@ -177,7 +177,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut wb = rocksdb::WriteBatch::default();
         let mut written: Vec<(Entry<TypeConfig>, usize)> = Vec::new();
         for e in entries {
-            let encoded = json(&e);
+            let encoded = match encode_entry(&e) {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+                    return Err(StorageIOError::write_logs(err).into());
+                }
+            };
             wb.put_cf(self.store.cf(Cf::RaftLog), e.log_id.index.to_be_bytes(), &encoded);
             written.push((e, encoded.len()));
         }

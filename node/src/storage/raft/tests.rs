@@ -1,7 +1,7 @@
 //! The Raft storage against openraft's suite, snapshots, and forgetting.
 
 use super::*;
-use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{EntryPayload, LogId, StorageIOError, StoredMembership, Vote};
 use prometheus_client::metrics::histogram::Histogram;
@@ -158,4 +158,26 @@ async fn the_current_snapshot_stays_readable_while_newer_ones_are_built() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reading.await.unwrap();
     assert!(reads > 100, "the reader barely ran: {reads} reads");
+}
+
+/// Log entries are CBOR now; entries an older node wrote as JSON still read, next to new ones.
+#[tokio::test]
+async fn log_entries_written_as_json_before_still_read() {
+    let (_dir, mut log, sm) = Builder.build().await.unwrap();
+    let chunk = |i: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), i),
+        payload: EntryPayload::Normal(Batch(vec![Command::PutFileChunk {
+            hash: format!("h{i}"),
+            data: vec![7; 1000],
+        }])),
+    };
+    let store = sm.store.clone();
+    let (old, new) = (json(&chunk(1)), encode_entry(&chunk(2)).unwrap());
+    assert!(new.len() < 1100 && old.len() > 2000, "a chunk's bytes stay bytes: {} vs {}", new.len(), old.len());
+    store.db.put_cf(store.cf(Cf::RaftLog), 1u64.to_be_bytes(), old).unwrap();
+    store.db.put_cf(store.cf(Cf::RaftLog), 2u64.to_be_bytes(), new).unwrap();
+    let read = log.try_get_log_entries(1..3).await.unwrap();
+    assert_eq!(read, [chunk(1), chunk(2)]);
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(chunk(2).log_id));
+    assert!(decode_entry(b"\xa2garbage").is_err(), "bad bytes are an error, not an entry");
 }
