@@ -261,10 +261,11 @@ pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
 /// A local cluster of `chorus-node` processes: the first listens on a known port, the others
 /// bootstrap from it.
 pub struct LocalCluster {
+    /// Running nodes (`None`: killed). Declared before `dirs`: fields drop in order, so the
+    /// nodes are killed before their data dirs are deleted under them.
+    pub nodes: Vec<Option<NodeProc>>,
     /// Data dirs (kept across restarts: same dir, same PeerId).
     pub dirs: Vec<tempfile::TempDir>,
-    /// Running nodes (`None`: killed).
-    pub nodes: Vec<Option<NodeProc>>,
     /// The first node's listen address.
     pub seed: String,
     /// Each node's own flags (kept for restarts).

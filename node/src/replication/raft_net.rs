@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Shortest deadline for any Raft RPC (see `Conn::call`).
-const RPC_FLOOR: Duration = Duration::from_secs(2);
+/// Deadline of the append that carries a held commit notice (sent outside openraft).
+const NOTICE_TTL: Duration = Duration::from_secs(2);
 /// How long a commit notice waits for the next append to carry it.
 const COMMIT_LINGER: Duration = Duration::from_millis(2);
 /// A commit notice is held only for a peer whose last real answer is this recent.
@@ -167,7 +167,7 @@ impl Conn {
                 tokio::time::sleep(COMMIT_LINGER).await;
                 let Some(rpc) = lock(&held).take() else { return };
                 let (Some(peer), Ok(data)) = (peer, encode(&Request::Append(rpc))) else { return };
-                let _ = tokio::time::timeout(RPC_FLOOR, client.raft_request(peer, data)).await;
+                let _ = tokio::time::timeout(NOTICE_TTL, client.raft_request(peer, data)).await;
             });
         }
         true
@@ -178,10 +178,12 @@ impl Conn {
             |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
         let peer = self.peer.ok_or_else(|| unreachable(&std::io::Error::other("node has no PeerId")))?;
         let data = encode(req).map_err(RPCError::Network)?;
-        // A frozen peer keeps its connection open: do not wait forever. But openraft's deadline
-        // for appends is the heartbeat interval, far too short for a catch-up append of
-        // several MiB on a busy machine (it would time out forever): allow at least RPC_FLOOR.
-        let ttl = option.hard_ttl().max(RPC_FLOOR);
+        // A frozen peer keeps its connection open: do not wait forever. openraft 0.9 also wraps
+        // every call in a deadline of its own, the same TTL (appends: the heartbeat interval;
+        // votes: the shortest election timeout; snapshot chunks: `install_snapshot_timeout`).
+        // A large append that outlasts it is not lost: the request still reaches the peer,
+        // and the next append finds the entries there (CBOR log entries keep that rare).
+        let ttl = option.hard_ttl();
         let reply = tokio::time::timeout(ttl, self.client.raft_request(peer, data))
             .await
             .map_err(|e| unreachable(&e))?
