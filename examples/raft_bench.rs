@@ -98,7 +98,7 @@ async fn run(nodes: usize, writers: u64, batch: u64, seconds: u64) -> serde_json
     let secs = start.elapsed().as_secs_f64();
     lat.sort();
     for p in &peers {
-        p.raft.shutdown().await.ok();
+        p.replica.shutdown().await;
     }
     json!({
         "nodes": nodes,

@@ -28,6 +28,7 @@ mod membership;
 mod notices;
 pub mod raft_net;
 mod reads;
+mod revive;
 mod snapshot_hold;
 
 pub use log::Log;
@@ -137,6 +138,8 @@ struct Inner {
     leader_view: Mutex<Option<chorus_protocol::api::RaftView>>,
     /// On the leader, batches committed together (its own and forwarded ones) share one entry.
     merger: log::Batcher<Batch, Attempt>,
+    /// Held while `raft` is replaced (`revive`).
+    swap: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -228,6 +231,7 @@ impl Replica {
                 on_apply,
                 leader_view: Mutex::new(None),
                 merger,
+                swap: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -237,6 +241,7 @@ impl Replica {
             tokio::spawn(notices::publish(client, notice_rx)),
             tokio::spawn(membership::run(replica.clone())),
             tokio::spawn(elect_on_leader_loss(replica.clone())),
+            tokio::spawn(revive::run(replica.clone())),
         ];
         *lock(&replica.inner.tasks) = tasks;
         Ok(replica)
@@ -255,27 +260,6 @@ impl Replica {
         if let Err(e) = self.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-    }
-
-    /// Drops this node's copy of the replicated log and carries on as a blank node: stops
-    /// Raft, deletes the log, state and snapshot (the vote stays), and starts a fresh Raft on
-    /// the emptied store. Only for a node that no committed membership holds any more (see
-    /// `membership::forget_if_dropped`): nobody needs its copy, and it keeps no user data.
-    pub(crate) async fn forget(&self) -> Result<(), StartError> {
-        if let Err(e) = self.raft().shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
-        }
-        let store = self.inner.store.clone();
-        // One WriteBatch: on failure the store is as it was, and Raft starts on it again.
-        match tokio::task::spawn_blocking(move || crate::storage::raft::forget(&store)).await {
-            Ok(Ok(())) => tracing::info!("dropped from the replicated log: its copy here is deleted"),
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot delete the copy of the log"),
-            Err(e) => tracing::error!(error = %e, "cannot delete the copy of the log"),
-        }
-        let i = &self.inner;
-        let raft = open_raft(i.id, &i.store, &i.client, &i.cfg, &i.on_apply, &i.installed, &i.leading).await?;
-        i.raft.send_replace(raft);
-        Ok(())
     }
 
     /// Commits `batch` on a majority of storage peers; one result per command.

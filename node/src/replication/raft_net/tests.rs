@@ -104,7 +104,7 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
     lead.raft.change_membership(voters, false).await.unwrap();
 
     // The leader goes away: the others elect a new one and keep accepting writes.
-    lead.raft.shutdown().await.unwrap();
+    lead.replica.shutdown().await;
     let rest: Vec<&Peer> = [&p0, &p1, &p2, &p3].into_iter().filter(|p| p.id != lead.id).collect();
     let m = rest[0]
         .raft
@@ -121,6 +121,27 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
         assert_eq!(msgs.len(), 201);
         assert_eq!(msgs.last().unwrap().seq, 201);
     }
+}
+
+/// A core that stops on its own (openraft does so on a fatal storage error; `shutdown` of the
+/// bare Raft stands in for one here) is started again on the same store and rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_core_that_stopped_on_its_own_starts_again_and_catches_up() {
+    let [p0, p1, p2] = group_of_three().await;
+    let all = [&p0, &p1, &p2];
+    let lead = leader(&all).await;
+    let r = lead.raft.client_write(Batch(setup())).await.unwrap();
+    let follower = all.into_iter().find(|p| p.id != lead.id).unwrap();
+    wait_applied(follower, r.log_id.index).await;
+    follower.raft.shutdown().await.unwrap();
+    let r = lead.raft.client_write(Batch(vec![msg(1)])).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while follower.replica.raft().metrics().borrow().last_applied.is_none_or(|l| l.index < r.log_id.index) {
+        assert!(std::time::Instant::now() < deadline, "the stopped Raft was not started again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(follower.replica.raft().metrics().borrow().state, ServerState::Follower);
+    assert_eq!(follower.store.digest().unwrap(), lead.store.digest().unwrap());
 }
 
 /// The leader holds each commit notice for the next append to carry (`hold_commit_notice`).
@@ -167,7 +188,7 @@ async fn a_leader_reads_within_its_lease_or_once_a_majority_confirms_it() {
     assert!(read_gate(lead, 0).await, "confirmed by a heartbeat round");
 
     for p in all.iter().filter(|p| p.id != lead.id) {
-        p.raft.shutdown().await.unwrap();
+        p.replica.shutdown().await;
     }
     assert!(!read_gate(lead, 0).await, "a cut-off leader answered a read");
 }
