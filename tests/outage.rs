@@ -31,7 +31,7 @@ fn assert_no_second_log(c: &LocalCluster) {
     c.wait_settled(SETTLE);
     for (i, v) in c.views() {
         let a = v.assignment.as_ref().expect("settled");
-        assert!(!a.assignment.is_genesis(), "node {i} holds a genesis assignment: a second log would start: {v:#?}");
+        assert!(!a.assignment.genesis, "node {i} holds a genesis assignment: a second log would start: {v:#?}");
         let r = v.raft.as_ref().expect("raft view");
         assert!(r.state != "leader" && r.last_log_index == 0, "node {i} started a log: {v:#?}");
         assert!(r.log_seen, "node {i} does not say it waits for the log's holders: {v:#?}");

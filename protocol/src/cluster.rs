@@ -52,7 +52,7 @@ pub struct Member {
 }
 
 /// The coordinator's decision for one epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleAssignment {
     /// Increases with every new assignment, across coordinators.
     pub epoch: u64,
@@ -64,11 +64,16 @@ pub struct RoleAssignment {
     pub members: Vec<Member>,
     /// When it was issued (coordinator's clock, informational).
     pub issued_at: Millis,
-    /// Set while no member has announced a replicated log and the coordinator never knew of
-    /// one (a genesis): the voters that start the log, each with this same set, exactly once.
-    /// A coordinator keeps the set of the genesis in force while any of its peers is a member,
-    /// so a node named storage later (or by a new coordinator that had not yet heard that the
-    /// log started) starts nothing: it joins the log as a learner.
+    /// Every member announced it holds no replicated log and the coordinator never knew of
+    /// one: the log starts now, exactly once.
+    #[serde(default)]
+    pub genesis: bool,
+    /// In a genesis, the voters that start the log, each with this same set. A coordinator
+    /// keeps the set of the genesis in force while any of its peers is a member, so a node
+    /// named storage later (or by a new coordinator that had not yet heard that the log
+    /// started) starts nothing: it joins the log as a learner. Left out of the JSON when
+    /// empty, so that every other assignment signs the same bytes as before the field existed
+    /// and nodes of both versions verify each other's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub genesis_voters: Vec<String>,
 }
@@ -77,11 +82,6 @@ impl RoleAssignment {
     /// The bytes that are signed: the assignment's JSON (field order is fixed).
     pub fn signing_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Whether this assignment starts the replicated log (see `genesis_voters`).
-    pub fn is_genesis(&self) -> bool {
-        !self.genesis_voters.is_empty()
     }
 
     /// The PeerIds that hold `role`.

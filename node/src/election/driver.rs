@@ -504,6 +504,7 @@ impl Driver {
                 })
                 .collect(),
             issued_at: crate::service::now_ms(),
+            genesis,
             genesis_voters,
         };
         match sign::sign(assignment, &self.key) {
@@ -589,8 +590,7 @@ mod tests {
             round: 1,
             coordinator: storage.to_base58(),
             members: vec![member(&storage, vec![Role::Storage, Role::Input]), member(&input, vec![Role::Input])],
-            issued_at: 0,
-            genesis_voters: vec![],
+            ..Default::default()
         };
         assert_eq!(notice_acceptance(Some(&assignment), &storage), MessageAcceptance::Accept);
         assert_eq!(notice_acceptance(Some(&assignment), &input), MessageAcceptance::Ignore);

@@ -1,8 +1,8 @@
 //! The Raft membership follows the coordinator's storage set.
 //!
-//! * Genesis: an assignment with `genesis_voters` (no member announced a log, and the
-//!   coordinator never knew of one: `ClusterState::log_seen`, kept on disk here) makes each of
-//!   those voters that has no log call `initialize` with that same set: identical first
+//! * Genesis: an assignment marked `genesis` (no member announced a log, and the coordinator
+//!   never knew of one: `ClusterState::log_seen`, kept on disk here) makes each of its
+//!   `genesis_voters` that has no log call `initialize` with that same set: identical first
 //!   entries, so it does not matter which of them wins the first election. Coordinators keep
 //!   the set while any of its peers is a member (`roles::genesis_voters`), so nodes named
 //!   storage later join as learners instead of starting a second log.
@@ -33,7 +33,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Raft record of a peer: its PeerId only, so every node builds the same one (addresses
 /// come from the overlay).
-pub(crate) fn raft_node(peer: &PeerId) -> RaftNode {
+fn raft_node(peer: &PeerId) -> RaftNode {
     RaftNode { peer_id: peer.to_base58(), addrs: Vec::new() }
 }
 
@@ -49,8 +49,15 @@ pub(super) async fn run(replica: Replica) {
         tick.tick().await;
         remember_log_seen(&replica, &mut log_seen_saved).await;
         let storage = raft_nodes(replica.storage_peers());
-        let genesis = replica.inner.cluster.view().assignment.map(|a| a.assignment.genesis_voters);
-        let voters = raft_nodes(genesis.iter().flatten().filter_map(|p| p.parse().ok()));
+        let genesis = replica.inner.cluster.view().assignment.map(|a| a.assignment).filter(|a| a.genesis);
+        // An older coordinator names no voters: its storage set starts the log, as it did then.
+        let voters = match genesis {
+            Some(a) if !a.genesis_voters.is_empty() => {
+                raft_nodes(a.genesis_voters.iter().filter_map(|p| p.parse().ok()))
+            }
+            Some(_) => storage.clone(),
+            None => BTreeMap::new(),
+        };
         if voters.contains_key(&replica.inner.id) {
             initialize(&replica, voters).await;
         }

@@ -86,7 +86,7 @@ pub fn assign(members: &[Candidate], previous_storage: &[PeerId], replicas: usiz
 pub fn genesis_voters(previous: Option<&RoleAssignment>, roles: &[(PeerId, Vec<Role>)]) -> Vec<String> {
     let member = |p: &String| roles.iter().any(|(q, _)| q.to_base58() == *p);
     match previous {
-        Some(a) if a.genesis_voters.iter().any(member) => a.genesis_voters.clone(),
+        Some(a) if a.genesis && a.genesis_voters.iter().any(member) => a.genesis_voters.clone(),
         _ => roles.iter().filter(|(_, r)| r.contains(&Role::Storage)).map(|(p, _)| p.to_base58()).collect(),
     }
 }
@@ -203,7 +203,16 @@ mod tests {
             .into_iter()
             .map(|(p, roles)| chorus_protocol::cluster::Member { peer_id: p.to_base58(), http: None, roles })
             .collect();
-        RoleAssignment { epoch: 1, round: 1, coordinator: String::new(), members, issued_at: 0, genesis_voters }
+        let genesis = !genesis_voters.is_empty();
+        RoleAssignment {
+            epoch: 1,
+            round: 1,
+            coordinator: String::new(),
+            members,
+            issued_at: 0,
+            genesis,
+            genesis_voters,
+        }
     }
 
     /// Sorted base58 names (a PeerId displays as its base58).

@@ -10,8 +10,8 @@
 //!   that exists (a leader whose replication finds no snapshot file stops its Raft).
 //! * Receive: the leader's chunks go into an unnamed file (created and unlinked at once, so an
 //!   abandoned transfer leaves nothing behind).
-//! * Install: copy the received file in, rename it into place, then replace the state CFs in bounded
-//!   WriteBatches. A crash in the middle would leave a mix of old and new rows, so an
+//! * Install: copy the received file in, rename it into place, then replace the state CFs in
+//!   bounded WriteBatches. A crash in the middle would leave a mix of old and new rows, so an
 //!   `INSTALLING` marker is written (synced) first and cleared in the last batch, with the new
 //!   applied id. A node that starts with the marker set forgets its copy (see
 //!   [`super::raft::forget`]) and is sent a snapshot again.
