@@ -65,9 +65,11 @@ async fn main() {
     let http = reqwest::Client::new();
     let token = load::users(&http, std::slice::from_ref(&url), "snap", 2).await.remove(0);
     let started = Instant::now();
+    let mut each = Vec::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..mib.div_ceil(file_mib) {
         let body = incompressible(file_mib, &mut seed);
+        let one = Instant::now();
         let resp = http
             .post(format!("{url}/api/v1/files?name=f{i}.bin"))
             .bearer_auth(&token)
@@ -77,7 +79,9 @@ async fn main() {
             .expect("upload");
         let status = resp.status();
         assert!(status.is_success(), "upload {i}: {status} {}", resp.text().await.unwrap_or_default());
+        each.push(one.elapsed());
     }
+    each.sort();
     let upload_s = started.elapsed().as_secs_f64();
     // The leader has a snapshot covering the files (a snapshot every 64 entries).
     let stored = c.wait_until("a snapshot on the leader", wait, |c| {
@@ -100,6 +104,8 @@ async fn main() {
         "bench": "snapshot_catch_up",
         "data_mib": mib.div_ceil(file_mib) * file_mib,
         "upload_seconds": upload_s,
+        // A commit stalled by the disk shows as one slow upload among even ones.
+        "upload_seconds_each": { "p50": load::pct(&each, 0.5) / 1e3, "max": load::pct(&each, 1.0) / 1e3 },
         "leader_snapshot_index": stored,
         "catch_up_seconds": catch_up_s,
         "snapshots_installed": installed,
