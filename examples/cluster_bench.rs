@@ -126,7 +126,9 @@ async fn main() {
     let throughput = load::run(&http, &bases, "user", &tokens, closed).await;
     let (cpu, per_entry) = cpu_per_message(&c, before, throughput.latency.len());
     eprintln!("cluster paced to {rate} msg/s");
+    let before = cpu_times(&c);
     let paced = load::run(&http, &bases, "user", &tokens, Load { rate: Some(rate), receive: true, ..closed }).await;
+    let (paced_cpu, paced_per_entry) = cpu_per_message(&c, before, paced.latency.len());
     if let Some(path) = &args.dump_paced {
         dump_sends(path, &paced.acks);
     }
@@ -168,6 +170,8 @@ async fn main() {
         "single_node_cpu_us_per_msg": {"load_generator": single_cpu[0], "node": single_cpu[1]},
         "cluster_closed_loop_cpu_us_per_msg": cpu,
         "cluster_closed_loop_messages_per_log_entry": per_entry,
+        "cluster_paced_cpu_us_per_msg": paced_cpu,
+        "cluster_paced_messages_per_log_entry": paced_per_entry,
         "ratio_replicated_over_single": throughput.json()["acked_per_sec"].as_f64().unwrap_or(0.0)
             / single.json()["acked_per_sec"].as_f64().unwrap_or(1.0),
     });

@@ -103,6 +103,10 @@ pub struct RunConfig {
     /// Snapshot the replicated state (and purge the log before it) every this many entries.
     #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Also snapshot once the log grew by this many MiB since the last snapshot, or by that
+    /// snapshot's size if it is larger (uploads make entries large).
+    #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub snapshot_log_mib: u64,
     /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
     #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = (crate::replication::DEFAULT_SNAPSHOT_CHUNK >> 10) as u32,
           value_parser = clap::value_parser!(u32).range(1..=8192))]
@@ -127,6 +131,7 @@ impl RunConfig {
         crate::replication::ReplicaConfig {
             timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
             snapshot_every: self.snapshot_every.max(1),
+            snapshot_log_bytes: self.snapshot_log_mib << 20,
             snapshot_chunk: self.snapshot_chunk_kib as usize * 1024,
             timings: Default::default(),
         }

@@ -446,6 +446,26 @@ mod raft_peer {
             bootstrap: Vec<libp2p::Multiaddr>,
             on_apply: crate::storage::raft::OnApply,
         ) -> RaftPeer {
+            Self::start_configured(bootstrap, on_apply, Self::config()).await
+        }
+
+        /// The replication settings [`RaftPeer::start`] uses.
+        pub fn config() -> ReplicaConfig {
+            ReplicaConfig {
+                timeout: Duration::from_secs(3),
+                snapshot_every: 5000,
+                snapshot_log_bytes: 256 << 20,
+                snapshot_chunk: crate::replication::DEFAULT_SNAPSHOT_CHUNK,
+                timings: Default::default(),
+            }
+        }
+
+        /// Starts one with replication settings `cfg`.
+        pub async fn start_configured(
+            bootstrap: Vec<libp2p::Multiaddr>,
+            on_apply: crate::storage::raft::OnApply,
+            replication: ReplicaConfig,
+        ) -> RaftPeer {
             let key = Keypair::generate_ed25519();
             let me = key.public().to_peer_id();
             let dir = tempfile::tempdir().unwrap();
@@ -477,14 +497,9 @@ mod raft_peer {
                 }
             });
             let id = node_id(&me);
-            let cfg = ReplicaConfig {
-                timeout: Duration::from_secs(3),
-                snapshot_every: 5000,
-                snapshot_chunk: crate::replication::DEFAULT_SNAPSHOT_CHUNK,
-                timings: Default::default(),
-            };
             let cluster = Arc::new(ClusterState::default());
-            let replica = Replica::start(me, store.clone(), client, raft_rx, cluster, on_apply, cfg).await.unwrap();
+            let replica =
+                Replica::start(me, store.clone(), client, raft_rx, cluster, on_apply, replication).await.unwrap();
             let raft = replica.raft();
             let addr = addr_rx.await.unwrap();
             RaftPeer {

@@ -29,6 +29,7 @@ mod notices;
 pub mod raft_net;
 mod reads;
 mod revive;
+mod snapshot_due;
 mod snapshot_hold;
 
 pub use log::Log;
@@ -81,6 +82,9 @@ pub struct ReplicaConfig {
     pub timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Also build one once the log grew by this many bytes, or by the last snapshot's size if
+    /// that is more (see `snapshot_due`).
+    pub snapshot_log_bytes: u64,
     /// Bytes per InstallSnapshot chunk (normally [`DEFAULT_SNAPSHOT_CHUNK`]).
     pub snapshot_chunk: usize,
     /// Where the log reports how long its work takes (exported at `/metrics`).
@@ -242,6 +246,7 @@ impl Replica {
             tokio::spawn(membership::run(replica.clone())),
             tokio::spawn(elect_on_leader_loss(replica.clone())),
             tokio::spawn(revive::run(replica.clone())),
+            tokio::spawn(snapshot_due::run(replica.clone())),
         ];
         *lock(&replica.inner.tasks) = tasks;
         Ok(replica)

@@ -126,6 +126,8 @@ pub struct Store {
     db: DB,
     /// The rows commands read by key, in memory (kept equal to `db` for the keys it holds).
     hot: hot_rows::HotRows,
+    /// Bytes appended to the Raft log since the store was opened (see [`Store::log_appended`]).
+    log_appended: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -186,7 +188,12 @@ impl Store {
                 StorageError::Rocks(e)
             }
         })?;
-        Ok(Self { db, hot: Default::default() })
+        Ok(Self { db, hot: Default::default(), log_appended: Default::default() })
+    }
+
+    /// Bytes of entries appended to the Raft log since the store was opened (encoded size).
+    pub fn log_appended(&self) -> u64 {
+        self.log_appended.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {

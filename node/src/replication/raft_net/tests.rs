@@ -2,11 +2,13 @@
 //! overlays on 127.0.0.1: replication, a snapshot catch-up of a new member, leader loss.
 
 use super::*;
+use crate::replication::ReplicaConfig;
 use crate::storage::raft::Batch;
 use crate::testkit::RaftPeer as Peer;
 use chorus_protocol::{ChatId, Command};
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 async fn peer(bootstrap: Vec<libp2p::Multiaddr>) -> Peer {
@@ -49,9 +51,15 @@ async fn leader<'a>(peers: &[&'a Peer]) -> &'a Peer {
 
 /// Three storage stacks over libp2p, initialized as one Raft group.
 async fn group_of_three() -> [Peer; 3] {
-    let p0 = peer(vec![]).await;
-    let p1 = peer(vec![p0.addr.clone()]).await;
-    let p2 = peer(vec![p0.addr.clone()]).await;
+    group_of_three_with(Peer::config()).await
+}
+
+/// The same with replication settings `cfg`.
+async fn group_of_three_with(cfg: ReplicaConfig) -> [Peer; 3] {
+    let start = |bootstrap| Peer::start_configured(bootstrap, Arc::new(|_| {}), cfg.clone());
+    let p0 = start(vec![]).await;
+    let p1 = start(vec![p0.addr.clone()]).await;
+    let p2 = start(vec![p0.addr.clone()]).await;
     let members: BTreeMap<u64, RaftNode> = [&p0, &p1, &p2].iter().map(|p| (p.id, p.node.clone())).collect();
     p0.raft.initialize(members).await.unwrap();
     [p0, p1, p2]
@@ -142,6 +150,36 @@ async fn a_raft_core_that_stopped_on_its_own_starts_again_and_catches_up() {
     }
     assert_eq!(follower.replica.raft().metrics().borrow().state, ServerState::Follower);
     assert_eq!(follower.store.digest().unwrap(), lead.store.digest().unwrap());
+}
+
+/// Uploads make entries large. A log that grew past `snapshot_log_bytes` is snapshotted and
+/// purged on every storage peer, thousands of entries before `snapshot_every`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_snapshotted_and_purged_by_its_bytes() {
+    use sha2::{Digest, Sha256};
+    let [p0, p1, p2] = group_of_three_with(ReplicaConfig { snapshot_log_bytes: 4 << 20, ..Peer::config() }).await;
+    let all = [&p0, &p1, &p2];
+    let lead = leader(&all).await;
+    let r = lead.raft.client_write(Batch(setup())).await.unwrap();
+    for p in &all {
+        wait_applied(p, r.log_id.index).await;
+        assert!(p.raft.metrics().borrow().snapshot.is_none(), "a few small entries: no snapshot");
+    }
+    for i in 0..6u8 {
+        let data = vec![i; 1 << 20];
+        let hash = hex::encode(Sha256::digest(&data));
+        let r = lead.raft.client_write(Batch(vec![Command::PutFileChunk { hash, data }])).await.unwrap();
+        assert!(r.data.0.iter().all(Result::is_ok), "{:?}", r.data);
+    }
+    for p in &all {
+        let m = p
+            .raft
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.snapshot.is_some() && m.purged.is_some(), "a snapshot and a purged log")
+            .await
+            .unwrap();
+        assert!(m.last_log_index.unwrap_or(0) < 5000, "long before snapshot_every");
+    }
 }
 
 /// The leader holds each commit notice for the next append to carry (`hold_commit_notice`).

@@ -194,6 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some((last, _)) = written.last() {
             self.end.store(last.log_id.index, std::sync::atomic::Ordering::Relaxed);
         }
+        let bytes: usize = written.iter().map(|(_, size)| size).sum();
+        self.store.log_appended.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         self.tail.append(written);
         if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.queue.send(callback) {
             callback.log_io_completed(Err(std::io::Error::other("the WAL syncer stopped")));

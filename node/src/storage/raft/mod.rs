@@ -157,6 +157,16 @@ pub async fn remember_log_seen(store: &Arc<Store>) -> Result<(), AnyError> {
     .await
 }
 
+/// The size of this node's current snapshot file (`None`: it has none).
+pub fn snapshot_size(store: &Store) -> Result<Option<u64>, AnyError> {
+    let Some(meta) = get_meta::<openraft::SnapshotMeta<NodeId, RaftNode>>(store, SNAP_META)? else { return Ok(None) };
+    match std::fs::metadata(snapshot::path(store, &meta.snapshot_id)) {
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
 /// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot
 /// and the commit point, in one synced write. Only the vote (a node never votes twice in a
 /// term) and the mark that the cluster has a log stay. For a node the committed membership no

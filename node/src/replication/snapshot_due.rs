@@ -1,0 +1,68 @@
+//! Snapshots by log bytes as well as by entries.
+//!
+//! openraft 0.9 snapshots every `snapshot_every` entries (20,000 by default), and only a
+//! snapshot lets it purge the log before it. But an entry carries up to 4 MiB of file data, so
+//! a storage peer taking uploads kept every uploaded byte twice (in the log and in the state)
+//! for up to ~80 GB of log. So this task also asks for a snapshot once the log has grown, since
+//! the last snapshot, by more than that snapshot's size, and at least by `snapshot_log_bytes`.
+//! A snapshot is a full copy of the state, so each build then copies at most about twice what
+//! was appended since the one before (the old state, no bigger than that, and the new bytes):
+//! the copying stays proportional to the writes, and the log on disk under the size of the
+//! state (or the floor). Growth counts from the node's start: right after a restart the log
+//! may hold that much more.
+
+use super::Replica;
+use std::time::Duration;
+
+/// How often the log's growth is checked.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a log that grew by `grown` bytes since a snapshot of `snapshot` bytes is due a new
+/// one, with `floor` the least growth that is.
+pub(super) fn due(grown: u64, snapshot: u64, floor: u64) -> bool {
+    grown >= snapshot.max(floor)
+}
+
+/// Asks this node's Raft for a snapshot whenever its log is [`due`] one (see the module doc).
+pub(super) async fn run(replica: Replica) {
+    let (store, floor) = (replica.inner.store.clone(), replica.inner.cfg.snapshot_log_bytes.max(1));
+    // The log grown since the snapshot in force, whose log id and size are known.
+    let mut mark = store.log_appended();
+    let mut known: Option<(Option<openraft::LogId<u64>>, u64)> = None;
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let raft = replica.raft();
+        let current = raft.metrics().borrow().snapshot;
+        if known.is_none_or(|(id, _)| id != current) {
+            let s = store.clone();
+            let size = tokio::task::spawn_blocking(move || crate::storage::raft::snapshot_size(&s)).await;
+            let Ok(Ok(size)) = size else { continue };
+            if known.is_some() {
+                mark = store.log_appended(); // a new snapshot (built or installed) purged the log
+            }
+            known = Some((current, size.unwrap_or(0)));
+        }
+        let grown = store.log_appended().saturating_sub(mark);
+        if known.is_some_and(|(_, size)| due(grown, size, floor)) {
+            tracing::info!(grown, "the log grew past the size of the last snapshot; building a new one");
+            mark = store.log_appended(); // asked once: the next ask waits for as much growth again
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "cannot ask for a snapshot");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due;
+
+    #[test]
+    fn a_snapshot_is_due_once_the_log_outgrew_the_last_one_and_the_floor() {
+        let mib = 1 << 20;
+        assert!(!due(255 * mib, 0, 256 * mib), "a small state: the floor decides");
+        assert!(due(256 * mib, 0, 256 * mib));
+        assert!(!due(900 * mib, 1024 * mib, 256 * mib), "a large state: its size decides");
+        assert!(due(1024 * mib, 1024 * mib, 256 * mib));
+    }
+}
