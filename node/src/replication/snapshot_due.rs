@@ -44,7 +44,7 @@ pub(super) async fn run(replica: Replica) {
         }
         let grown = store.log_appended().saturating_sub(mark);
         if known.is_some_and(|(_, size)| due(grown, size, floor)) {
-            tracing::info!(grown, "the log grew past the size of the last snapshot; building a new one");
+            tracing::info!(grown, "the log outgrew the last snapshot (or the floor); building a new one");
             mark = store.log_appended(); // asked once: the next ask waits for as much growth again
             if let Err(e) = raft.trigger().snapshot().await {
                 tracing::warn!(error = %e, "cannot ask for a snapshot");
