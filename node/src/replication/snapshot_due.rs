@@ -26,7 +26,8 @@ pub(super) fn due(grown: u64, snapshot: u64, floor: u64) -> bool {
 /// Asks this node's Raft for a snapshot whenever its log is [`due`] one (see the module doc).
 pub(super) async fn run(replica: Replica) {
     let (store, floor) = (replica.inner.store.clone(), replica.inner.cfg.snapshot_log_bytes.max(1));
-    // The log grown since the snapshot in force, whose log id and size are known.
+    // `log_appended` when the snapshot in force appeared (or a snapshot was last asked for);
+    // and that snapshot's log id and file size, once read.
     let mut mark = store.log_appended();
     let mut known: Option<(Option<openraft::LogId<u64>>, u64)> = None;
     loop {
