@@ -460,7 +460,7 @@ mod raft_peer {
             }
         }
 
-        /// Starts one with replication settings `cfg`.
+        /// Starts one with the replication settings `replication`.
         pub async fn start_configured(
             bootstrap: Vec<libp2p::Multiaddr>,
             on_apply: crate::storage::raft::OnApply,
