@@ -1,16 +1,21 @@
 //! Snapshot catch-up benchmark: how much memory a storage peer needs to catch up by snapshot,
 //! and how long it takes, with real `chorus-node` processes on 127.0.0.1.
 //!
-//! A 4-node cluster (3 storage peers, a snapshot every 64 log entries) stores `--mib` MiB of
-//! files (incompressible, `--file-mib` MiB each). Then a storage follower is `kill -9`ed for
-//! good: the coordinator promotes the fourth node, which has nothing and must install the
-//! leader's snapshot. Prints JSON: the data size, the seconds from the kill until the newcomer
-//! is a caught-up voter, and peak RSS: the newcomer's is its install's cost, the surviving
-//! follower's that of applying the uploads (the leader also served them over HTTP).
+//! A 4-node cluster (3 storage peers, the nodes' default snapshot policy unless
+//! `--snapshot-every` adds one by entries) stores `--mib` MiB of files (incompressible,
+//! `--file-mib` MiB each). With `--chat-seconds`, 64 senders then chat through the leader (closed
+//! loop) for that long: what a large state costs plain chat traffic, counting the snapshots the
+//! storage peers build meanwhile. Then a storage follower is `kill -9`ed for good: the
+//! coordinator promotes the fourth node, which has nothing and must install the leader's
+//! snapshot (and replay the log after it). Prints JSON: the data size, the seconds from the
+//! kill until the newcomer is a caught-up voter, and peak RSS: the newcomer's is its install's
+//! cost, the surviving follower's that of applying the uploads (the leader also served them
+//! over HTTP).
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
 //! target/release/examples/snapshot_bench --mib 512 --file-mib 32
+//! target/release/examples/snapshot_bench --mib 1024 --chat-seconds 180 [--snapshot-every 20000]
 //! ```
 
 #[path = "load/mod.rs"]
@@ -30,6 +35,12 @@ struct Args {
     /// MiB per file.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     file_mib: u64,
+    /// Seconds of chat (64 senders, closed loop) after the uploads; 0: none.
+    #[arg(long, default_value_t = 0)]
+    chat_seconds: u64,
+    /// Passed on to the nodes: also snapshot every this many entries.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
 }
 
 const FLAGS: &[&str] = &[
@@ -39,17 +50,20 @@ const FLAGS: &[&str] = &[
     "0",
     "--logins-per-minute",
     "0",
-    "--snapshot-every",
-    "64",
     "--max-file-size",
     "1073741824",
 ];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let Args { mib, file_mib } = clap::Parser::parse();
+    let Args { mib, file_mib, chat_seconds, snapshot_every } = clap::Parser::parse();
     load::settle_disk();
-    let mut c = LocalCluster::start(4, FLAGS);
+    let every = snapshot_every.map(|n| n.to_string());
+    let flags: Vec<&str> = match &every {
+        Some(n) => FLAGS.iter().copied().chain(["--snapshot-every", n.as_str()]).collect(),
+        None => FLAGS.to_vec(),
+    };
+    let mut c = LocalCluster::start(4, &flags);
     let wait = Duration::from_secs(120);
     let leader = c.wait_until("the Raft group to be ready", wait, |c| c.raft_ready(3));
     let views = c.views();
@@ -83,11 +97,17 @@ async fn main() {
     }
     each.sort();
     let upload_s = started.elapsed().as_secs_f64();
-    // The leader has a snapshot covering the files (a snapshot every 64 entries).
+    let chat = if chat_seconds > 0 {
+        let urls: Vec<String> = storage.iter().filter_map(|i| Some(c.nodes[*i].as_ref()?.url.clone())).collect();
+        Some(chat_phase(&http, &url, &urls, chat_seconds).await)
+    } else {
+        None
+    };
+    // The leader has a snapshot (the uploads' bytes trigger one past 256 MiB).
     let stored = c.wait_until("a snapshot on the leader", wait, |c| {
         let (_, v) = c.views().into_iter().find(|(i, _)| *i == leader)?;
         let r = v.raft?;
-        (r.snapshot_index > 0 && r.snapshot_index + 64 >= r.applied_index).then_some(r.snapshot_index)
+        (r.snapshot_index > 0).then_some(r.snapshot_index)
     });
 
     let lost = *storage.iter().find(|i| **i != leader).expect("a follower");
@@ -106,6 +126,8 @@ async fn main() {
         "upload_seconds": upload_s,
         // A commit stalled by the disk shows as one slow upload among even ones.
         "upload_seconds_each": { "p50": load::pct(&each, 0.5) / 1e3, "max": load::pct(&each, 1.0) / 1e3 },
+        "snapshot_every": snapshot_every,
+        "chat": chat,
         "leader_snapshot_index": stored,
         "catch_up_seconds": catch_up_s,
         "snapshots_installed": installed,
@@ -116,4 +138,46 @@ async fn main() {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+/// 64 senders chat through `url` for `seconds` (closed loop) while the storage peers at
+/// `storage` are polled for their snapshot index: its figures, and the snapshots built (or
+/// installed) on each peer meanwhile.
+async fn chat_phase(http: &reqwest::Client, url: &str, storage: &[String], seconds: u64) -> serde_json::Value {
+    let bases = [url.to_owned()];
+    let tokens = load::users(http, &bases, "chat", 64).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = storage
+        .iter()
+        .map(|peer| {
+            let (http, peer, stop) = (http.clone(), peer.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen: Vec<u64> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let view = http.get(format!("{peer}/api/v1/cluster")).send().await;
+                    if let Ok(v) = view {
+                        if let Ok(v) = v.json::<chorus_protocol::api::ClusterView>().await {
+                            let index = v.raft.map_or(0, |r| r.snapshot_index);
+                            if seen.last() != Some(&index) {
+                                seen.push(index);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                seen.len().saturating_sub(1)
+            })
+        })
+        .collect();
+    let load = load::Load { senders: 64, seconds: seconds as f64, rate: None, receive: false };
+    let out = load::run(http, &bases, "chat", &tokens, load).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut built = Vec::new();
+    for p in pollers {
+        built.push(p.await.unwrap_or(0));
+    }
+    let mut figures = out.json();
+    figures["send_latency_ms"]["max"] = load::pct(&out.latency, 1.0).into();
+    figures["snapshots_per_storage_peer"] = built.into();
+    figures
 }

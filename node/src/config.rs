@@ -100,11 +100,14 @@ pub struct RunConfig {
     /// Longest a write or read waits for a storage leader with a quorum before answering 503.
     #[arg(long, env = "CHORUS_WRITE_TIMEOUT_MS", default_value_t = 3000)]
     pub write_timeout_ms: u64,
-    /// Snapshot the replicated state (and purge the log before it) every this many entries.
-    #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 20_000)]
-    pub snapshot_every: u64,
-    /// Also snapshot once the log grew by this many MiB since the last snapshot, or by that
-    /// snapshot's size if it is larger (uploads make entries large).
+    /// Also snapshot the replicated state (and purge the log before it) every this many
+    /// entries. By default only the log's bytes decide (`--snapshot-log-mib`): a snapshot
+    /// copies the whole state, files included, so a count of small entries is a poor reason
+    /// to copy a large one.
+    #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: Option<u64>,
+    /// Snapshot once the log grew by this many MiB since the last snapshot, or by that
+    /// snapshot's size if it is larger: the copying stays proportional to what is written.
     #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub snapshot_log_mib: u64,
     /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
@@ -130,7 +133,7 @@ impl RunConfig {
     pub fn replication(&self) -> crate::replication::ReplicaConfig {
         crate::replication::ReplicaConfig {
             timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
-            snapshot_every: self.snapshot_every.max(1),
+            snapshot_every: self.snapshot_every,
             snapshot_log_bytes: self.snapshot_log_mib << 20,
             snapshot_chunk: self.snapshot_chunk_kib as usize * 1024,
             timings: Default::default(),

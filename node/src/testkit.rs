@@ -453,7 +453,7 @@ mod raft_peer {
         pub fn config() -> ReplicaConfig {
             ReplicaConfig {
                 timeout: Duration::from_secs(3),
-                snapshot_every: 5000,
+                snapshot_every: None,
                 snapshot_log_bytes: 256 << 20,
                 snapshot_chunk: crate::replication::DEFAULT_SNAPSHOT_CHUNK,
                 timings: Default::default(),

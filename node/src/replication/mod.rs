@@ -80,10 +80,11 @@ pub const DEFAULT_SNAPSHOT_CHUNK: usize = 3 << 20;
 pub struct ReplicaConfig {
     /// How long a write or read may wait for a leader and a quorum before it fails.
     pub timeout: Duration,
-    /// Build a snapshot (and purge the log before it) every this many entries.
-    pub snapshot_every: u64,
-    /// Also build one once the log grew by this many bytes, or by the last snapshot's size if
-    /// that is more (see `snapshot_due`).
+    /// Also build a snapshot (and purge the log before it) every this many entries; `None`:
+    /// only by the log's bytes.
+    pub snapshot_every: Option<u64>,
+    /// Build one once the log grew by this many bytes, or by the last snapshot's size if that
+    /// is more (see `snapshot_due`).
     pub snapshot_log_bytes: u64,
     /// Bytes per InstallSnapshot chunk (normally [`DEFAULT_SNAPSHOT_CHUNK`]).
     pub snapshot_chunk: usize,
@@ -450,7 +451,7 @@ async fn open_raft(
         // Entries are whole batches (up to 1024 commands or 4 MiB of file data): a few per
         // append keeps each RPC small and quick, far under the 64 MiB frame limit.
         max_payload_entries: 4,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+        snapshot_policy: cfg.snapshot_every.map_or(SnapshotPolicy::Never, |n| SnapshotPolicy::LogsSinceLast(n.max(1))),
         snapshot_max_chunk_size: cfg.snapshot_chunk.max(1) as u64,
         max_in_snapshot_log_to_keep: 0,
         ..Default::default()

@@ -1,15 +1,18 @@
-//! Snapshots by log bytes as well as by entries.
+//! When to snapshot: by the log's bytes.
 //!
-//! openraft 0.9 snapshots every `snapshot_every` entries (20,000 by default), and only a
-//! snapshot lets it purge the log before it. But an entry carries up to 4 MiB of file data, so
-//! a storage peer taking uploads kept every uploaded byte twice (in the log and in the state)
-//! for up to ~80 GB of log. So this task also asks for a snapshot once the log has grown, since
+//! Only a snapshot lets openraft purge the log before it, and a snapshot here is a full copy of
+//! the state, uploaded files included. So this task asks for one once the log has grown, since
 //! the last snapshot, by more than that snapshot's size, and at least by `snapshot_log_bytes`.
-//! A snapshot is a full copy of the state, so each build then copies at most about twice what
-//! was appended since the one before (the old state, no bigger than that, and the new bytes):
-//! the copying stays proportional to the writes, and the log on disk under the size of the
-//! state (or the floor). Growth counts from the node's start: right after a restart the log
-//! may hold that much more.
+//! Each build then copies at most about twice what was appended since the one before (the old
+//! state, no bigger than that, and the new bytes): the copying stays proportional to the
+//! writes, and the log on disk under the size of the state (or the floor). Growth counts from
+//! the node's start: right after a restart the log may hold that much more.
+//!
+//! openraft's own policy, a snapshot every N entries, is off unless `--snapshot-every` asks
+//! for it. Until 2026-12-02 it was on at 20,000 entries: with GiBs of files in the state, plain
+//! chat traffic made every storage peer rewrite all of them every 20,000 entries, all at the
+//! same moment. And before 2026-12-01 it was the only policy: an entry carries up to 4 MiB of
+//! file data, so 20,000 entries of uploads kept up to ~80 GB of log.
 
 use super::Replica;
 use std::time::Duration;

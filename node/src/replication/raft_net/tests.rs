@@ -153,7 +153,7 @@ async fn a_raft_core_that_stopped_on_its_own_starts_again_and_catches_up() {
 }
 
 /// Uploads make entries large. A log that grew past `snapshot_log_bytes` is snapshotted and
-/// purged on every storage peer, thousands of entries before `snapshot_every`.
+/// purged on every storage peer (the test kit, like a node by default, sets no entry count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_of_large_entries_is_snapshotted_and_purged_by_its_bytes() {
     use sha2::{Digest, Sha256};
@@ -172,13 +172,11 @@ async fn a_log_of_large_entries_is_snapshotted_and_purged_by_its_bytes() {
         assert!(r.data.0.iter().all(Result::is_ok), "{:?}", r.data);
     }
     for p in &all {
-        let m = p
-            .raft
+        p.raft
             .wait(Some(Duration::from_secs(20)))
             .metrics(|m| m.snapshot.is_some() && m.purged.is_some(), "a snapshot and a purged log")
             .await
             .unwrap();
-        assert!(m.last_log_index.unwrap_or(0) < 5000, "long before snapshot_every");
     }
 }
 
