@@ -21,9 +21,19 @@ use std::time::Duration;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether a log that grew by `grown` bytes since a snapshot of `snapshot` bytes is due a new
-/// one, with `floor` the least growth that is.
-pub(super) fn due(grown: u64, snapshot: u64, floor: u64) -> bool {
-    grown >= snapshot.max(floor)
+/// one, with `floor` the least growth that is, on the `rank`-th (from 0) of `members`.
+pub(super) fn due(grown: u64, snapshot: u64, floor: u64, rank: u64, members: u64) -> bool {
+    let mark = snapshot.max(floor);
+    grown >= mark.saturating_add(mark / (2 * members.max(1)) * rank)
+}
+
+/// This node's place among the members of its log by node id, and how many there are.
+fn rank(raft: &openraft::Raft<crate::storage::raft::TypeConfig>, me: u64) -> (u64, u64) {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let ids = m.membership_config.membership().nodes().map(|(id, _)| *id);
+    let (before, all) = ids.fold((0, 0), |(before, all), id| (before + u64::from(id < me), all + 1));
+    (before, all)
 }
 
 /// Asks this node's Raft for a snapshot whenever its log is [`due`] one (see the module doc).
@@ -47,7 +57,8 @@ pub(super) async fn run(replica: Replica) {
             known = Some((current, size.unwrap_or(0)));
         }
         let grown = store.log_appended().saturating_sub(mark);
-        if known.is_some_and(|(_, size)| due(grown, size, floor)) {
+        let (rank, members) = rank(&raft, replica.inner.id);
+        if known.is_some_and(|(_, size)| due(grown, size, floor, rank, members)) {
             tracing::info!(grown, "the log outgrew the last snapshot (or the floor); building a new one");
             mark = store.log_appended(); // asked once: the next ask waits for as much growth again
             if let Err(e) = raft.trigger().snapshot().await {
@@ -64,9 +75,20 @@ mod tests {
     #[test]
     fn a_snapshot_is_due_once_the_log_outgrew_the_last_one_and_the_floor() {
         let mib = 1 << 20;
-        assert!(!due(255 * mib, 0, 256 * mib), "a small state: the floor decides");
-        assert!(due(256 * mib, 0, 256 * mib));
-        assert!(!due(900 * mib, 1024 * mib, 256 * mib), "a large state: its size decides");
-        assert!(due(1024 * mib, 1024 * mib, 256 * mib));
+        assert!(!due(255 * mib, 0, 256 * mib, 0, 1), "a small state: the floor decides");
+        assert!(due(256 * mib, 0, 256 * mib, 0, 1));
+        assert!(!due(900 * mib, 1024 * mib, 256 * mib, 0, 1), "a large state: its size decides");
+        assert!(due(1024 * mib, 1024 * mib, 256 * mib, 0, 1));
+    }
+
+    #[test]
+    fn members_of_one_log_come_due_one_after_another() {
+        let (mib, floor) = (1 << 20, 256 << 20);
+        let due_at = |grown: u64| (0..3).filter(|rank| due(grown * mib, 1200 * mib, floor, *rank, 3)).count();
+        assert_eq!(due_at(1199), 0);
+        assert_eq!(due_at(1200), 1, "the first by node id");
+        assert_eq!(due_at(1399), 1);
+        assert_eq!(due_at(1400), 2, "a sixth of the mark later, the second");
+        assert_eq!(due_at(1600), 3, "at most half as much again, the last");
     }
 }
