@@ -5,8 +5,16 @@
 //! the last snapshot, by more than that snapshot's size, and at least by `snapshot_log_bytes`.
 //! Each build then copies at most about twice what was appended since the one before (the old
 //! state, no bigger than that, and the new bytes): the copying stays proportional to the
-//! writes, and the log on disk under the size of the state (or the floor). Growth counts from
-//! the node's start: right after a restart the log may hold that much more.
+//! writes, and the log on disk under the size of the state (or the floor). A node that starts
+//! with a log counts what it holds on disk as grown (RocksDB's estimate): else a node restarted
+//! more often than its log reaches the mark would never snapshot, and its log would grow
+//! without end.
+//!
+//! Every storage peer appends the same log, so they would all reach the mark together and
+//! build at once, each copying the whole state while its WAL syncs wait on the same disk
+//! bandwidth; with a majority of them slowed, so is every commit. So the `rank`-th member (by
+//! node id) waits for `rank / (2 x members)` of the mark more: one builds at a time, and the
+//! others keep the quorum quick. It costs at most half as much log again on disk.
 //!
 //! openraft's own policy, a snapshot every N entries, is off unless `--snapshot-every` asks
 //! for it. Until 2026-12-02 it was on at 20,000 entries: with GiBs of files in the state, plain
@@ -43,6 +51,12 @@ pub(super) async fn run(replica: Replica) {
     // and that snapshot's log id and file size, once read.
     let mut mark = store.log_appended();
     let mut known: Option<(Option<openraft::LogId<u64>>, u64)> = None;
+    // The log this node started with, until a snapshot purges it.
+    let held = store.clone();
+    let mut carried = match tokio::task::spawn_blocking(move || crate::storage::raft::log_size_on_disk(&held)).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => 0,
+    };
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let raft = replica.raft();
@@ -53,14 +67,16 @@ pub(super) async fn run(replica: Replica) {
             let Ok(Ok(size)) = size else { continue };
             if known.is_some() {
                 mark = store.log_appended(); // a new snapshot (built or installed) purged the log
+                carried = 0;
             }
             known = Some((current, size.unwrap_or(0)));
         }
-        let grown = store.log_appended().saturating_sub(mark);
+        let grown = store.log_appended().saturating_sub(mark) + carried;
         let (rank, members) = rank(&raft, replica.inner.id);
         if known.is_some_and(|(_, size)| due(grown, size, floor, rank, members)) {
             tracing::info!(grown, "the log outgrew the last snapshot (or the floor); building a new one");
             mark = store.log_appended(); // asked once: the next ask waits for as much growth again
+            carried = 0;
             if let Err(e) = raft.trigger().snapshot().await {
                 tracing::warn!(error = %e, "cannot ask for a snapshot");
             }

@@ -167,6 +167,18 @@ pub fn snapshot_size(store: &Store) -> Result<Option<u64>, AnyError> {
     }
 }
 
+/// About how many bytes of live log this node holds on disk (RocksDB's estimate of the files
+/// over the entries after the purged ones: compressed, and only what was flushed, which right
+/// after an open is all of it, recovery flushing the WAL).
+pub fn log_size_on_disk(store: &Store) -> Result<u64, AnyError> {
+    let purged: Option<openraft::LogId<NodeId>> = get_meta(store, PURGED)?;
+    let from = purged.map_or(0, |l| l.index + 1).to_be_bytes();
+    let past_every_key = [0xff_u8; 9];
+    let sizes =
+        store.db.get_approximate_sizes_cf(store.cf(Cf::RaftLog), &[rocksdb::Range::new(&from, &past_every_key)]);
+    Ok(sizes.first().copied().unwrap_or(0))
+}
+
 /// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot
 /// and the commit point, in one synced write. Only the vote (a node never votes twice in a
 /// term) and the mark that the cluster has a log stay. For a node the committed membership no

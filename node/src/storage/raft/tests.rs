@@ -181,3 +181,24 @@ async fn log_entries_written_as_json_before_still_read() {
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(chunk(2).log_id));
     assert!(decode_entry(b"\xa2garbage").is_err(), "bad bytes are an error, not an entry");
 }
+
+/// A restarted node counts the log it already holds towards its next snapshot
+/// (`replication::snapshot_due`): after a reopen, the estimate covers the entries past the
+/// purged ones.
+#[test]
+fn the_log_held_on_disk_is_measured_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for index in 1..=4u64 {
+            let entry = crate::testkit::incompressible(1, &mut seed);
+            store.db.put_cf(store.cf(Cf::RaftLog), index.to_be_bytes(), entry).unwrap();
+        }
+        let purged = LogId::new(openraft::CommittedLeaderId::new(1, 0), 2);
+        store.db.put_cf(store.cf(Cf::RaftMeta), PURGED, json(&purged)).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let held = log_size_on_disk(&store).unwrap();
+    assert!((1_900_000..2_300_000).contains(&held), "two live entries of 1 MiB each: {held} bytes");
+}
