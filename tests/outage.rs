@@ -1,7 +1,11 @@
-//! Every storage peer down at once (a rack loses power; a full restart in which the storage
-//! peers come up last), with real `chorus-node` processes on 127.0.0.1. The nodes left must not
-//! start a second, empty log: writes and reads answer 503 until the nodes holding the log
-//! return, and then everything acknowledged before is there.
+//! Storage peers down and back, with real `chorus-node` processes on 127.0.0.1.
+//!
+//! * Every storage peer down at once (a rack loses power; a full restart in which the storage
+//!   peers come up last). The nodes left must not start a second, empty log: writes and reads
+//!   answer 503 until the nodes holding the log return, and then everything acknowledged
+//!   before is there.
+//! * One storage peer down while the leader snapshots: the log it lacks is kept, and it
+//!   catches up from it, not by a copy of the whole state.
 
 mod common;
 
@@ -113,4 +117,48 @@ async fn with_every_storage_peer_down_no_second_log_starts_and_nothing_is_lost()
     assert_eq!(s, StatusCode::CONFLICT, "alice's account survived: {v}");
     let m = api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "back"})).await;
     assert_eq!(m["seq"], 11, "{m}");
+}
+
+/// The leader snapshots while a storage peer is down. The newest log before the snapshot is
+/// kept (`--retain-log-mib`), so the returning peer (dropped from the voters while down, added
+/// back as a learner) is sent the entries it lacks, not the whole state. With `0` it installs a
+/// snapshot and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_down_across_a_snapshot_catches_up_from_the_kept_log() {
+    let mut c = LocalCluster::start(3, &["--user-rps", "0", "--snapshot-every", "10"]);
+    c.wait_settled(SETTLE);
+    let leader = c.wait_until("three voters", SETTLE, |c| c.raft_ready(3));
+    let raft = |c: &LocalCluster, i: usize| c.views().into_iter().find(|(j, _)| *j == i)?.1.raft;
+    let url = |c: &LocalCluster, i: usize| c.nodes[i].as_ref().unwrap().url.clone();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let api = Api::new(&url(&c, leader));
+    let (alice, bob) = (api.user("alice").await, api.user("bob").await);
+    api.post("/api/v1/friend-requests", Some(&alice), json!({"to": "bob"})).await;
+    let (s, v) = api.call(Method::POST, "/api/v1/friend-requests/alice/accept", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let held = c.wait_until("the follower to hold the log", SETTLE, |c| {
+        let (l, f) = (raft(c, leader)?, raft(c, follower)?);
+        (f.last_log_index == l.last_log_index).then_some(f.last_log_index)
+    });
+
+    c.kill9(follower);
+    let sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for t in &sent {
+        api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": t})).await;
+    }
+    let r = c.wait_until("a snapshot past the dead peer's log", SETTLE, |c| {
+        raft(c, leader).filter(|r| r.snapshot_index > held + 10)
+    });
+    assert!(r.purged_index < held, "the log after the dead peer's is kept: {r:?}");
+
+    c.restart(follower);
+    let caught_up = c.wait_until("the returning peer to catch up", SETTLE, |c| {
+        let views: Vec<_> = (0..3).filter_map(|i| raft(c, i)).collect();
+        let last = views.iter().find(|r| r.state == "leader")?.last_log_index;
+        let f = raft(c, follower)?;
+        (views.len() == 3 && f.applied_index >= last && f.applied_index >= r.snapshot_index).then_some(f)
+    });
+    assert_eq!(caught_up.snapshots_installed, 0, "caught up from the log: {caught_up:?}");
+    let page = Api::new(&url(&c, follower)).get("/api/v1/chats/dm:alice:bob/messages?after=0&limit=100", &bob).await;
+    assert_eq!(texts(&page), sent, "history through the returning peer");
 }

@@ -354,7 +354,8 @@ async fn kill_9_leader_then_follower_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot() {
-    let mut c = LocalCluster::start(4, &["--user-rps", "0", "--snapshot-every", "20"]);
+    // No log kept before a snapshot: this small a log would all be kept, and replayed.
+    let mut c = LocalCluster::start(4, &["--user-rps", "0", "--snapshot-every", "20", "--retain-log-mib", "0"]);
     c.wait_settled(SETTLE);
     let (leader, views) = wait_replicated(&c, SETTLE);
     let storage = storage_indices(&views);
@@ -418,8 +419,11 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
 /// leader stepped down, and the transfer began again from the first chunk, forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_behind_the_purged_log_catches_up_by_a_snapshot_slower_than_an_election() {
-    let flags =
-        ["--user-rps", "0", "--snapshot-every", "4", "--snapshot-chunk-kib", "2", "--max-file-size", "16777216"];
+    let flags = [
+        ["--user-rps", "0", "--snapshot-every", "4", "--retain-log-mib", "0"].as_slice(),
+        &["--snapshot-chunk-kib", "2", "--max-file-size", "16777216"],
+    ]
+    .concat();
     let c = LocalCluster::start(3, &flags);
     c.wait_settled(SETTLE);
     let (leader, views) = wait_replicated(&c, SETTLE);

@@ -110,6 +110,11 @@ pub struct RunConfig {
     /// snapshot's size if it is larger: the copying stays proportional to what is written.
     #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub snapshot_log_mib: u64,
+    /// MiB of the newest log before its snapshot that a storage peer keeps, so that a peer
+    /// behind the snapshot (restarted, paused, slow) catches up from the log instead of by a
+    /// copy of the whole state. 0: purge the log up to each snapshot.
+    #[arg(long, env = "CHORUS_RETAIN_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    pub retain_log_mib: u64,
     /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
     #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = (crate::replication::DEFAULT_SNAPSHOT_CHUNK >> 10) as u32,
           value_parser = clap::value_parser!(u32).range(1..=8192))]
@@ -135,6 +140,7 @@ impl RunConfig {
             timeout: Duration::from_millis(self.write_timeout_ms.max(100)),
             snapshot_every: self.snapshot_every,
             snapshot_log_bytes: self.snapshot_log_mib << 20,
+            retain_log_bytes: self.retain_log_mib << 20,
             snapshot_chunk: self.snapshot_chunk_kib as usize * 1024,
             timings: Default::default(),
         }

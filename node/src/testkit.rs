@@ -455,6 +455,7 @@ mod raft_peer {
                 timeout: Duration::from_secs(3),
                 snapshot_every: None,
                 snapshot_log_bytes: 256 << 20,
+                retain_log_bytes: 256 << 20,
                 snapshot_chunk: crate::replication::DEFAULT_SNAPSHOT_CHUNK,
                 timings: Default::default(),
             }

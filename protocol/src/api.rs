@@ -367,6 +367,10 @@ pub struct RaftView {
     pub applied_index: u64,
     /// Last index covered by this node's snapshot.
     pub snapshot_index: u64,
+    /// Last index purged from this node's log (0: none). A leader keeps the entries between
+    /// it and `snapshot_index` for members behind its snapshot.
+    #[serde(default)]
+    pub purged_index: u64,
     /// Snapshots this node installed from a leader since it started.
     pub snapshots_installed: u64,
     /// Log index of the membership in force here (0: none). On the leader, at most

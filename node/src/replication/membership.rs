@@ -252,6 +252,7 @@ impl Replica {
             last_log_index: last,
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             snapshots_installed: self.inner.installed.load(Ordering::Relaxed),
             membership_index: m.membership_config.log_id().map_or(0, |l| l.index),
             log_seen: self.inner.cluster.log_seen.load(Ordering::Relaxed),

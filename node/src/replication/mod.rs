@@ -86,6 +86,9 @@ pub struct ReplicaConfig {
     /// Build one once the log grew by this many bytes, or by the last snapshot's size if that
     /// is more (see `snapshot_due`).
     pub snapshot_log_bytes: u64,
+    /// Bytes of the newest log before the snapshot kept for peers behind it (0: none; see
+    /// `snapshot_due`).
+    pub retain_log_bytes: u64,
     /// Bytes per InstallSnapshot chunk (normally [`DEFAULT_SNAPSHOT_CHUNK`]).
     pub snapshot_chunk: usize,
     /// Where the log reports how long its work takes (exported at `/metrics`).
@@ -453,7 +456,8 @@ async fn open_raft(
         max_payload_entries: 4,
         snapshot_policy: cfg.snapshot_every.map_or(SnapshotPolicy::Never, |n| SnapshotPolicy::LogsSinceLast(n.max(1))),
         snapshot_max_chunk_size: cfg.snapshot_chunk.max(1) as u64,
-        max_in_snapshot_log_to_keep: 0,
+        // openraft never purges by itself: `snapshot_due` does, keeping what peers need.
+        max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);

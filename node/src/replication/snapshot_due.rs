@@ -16,6 +16,14 @@
 //! node id) waits for `rank / (2 x members)` of the mark more: one builds at a time, and the
 //! others keep the quorum quick. It costs at most half as much log again on disk.
 //!
+//! The same task purges the log (openraft itself never does: `max_in_snapshot_log_to_keep`
+//! is `u64::MAX`), up to the snapshot but for the newest `retain_log_bytes` before it, on
+//! every node (etcd keeps a tail the same way, counted in entries). A storage peer that was
+//! restarted, paused or slow while its leader snapshotted then catches up from the log, not by
+//! a copy of the whole state (GiBs with files), and so it does after a leader change too: the
+//! new leader kept the same tail. Until 2026-12-02 every snapshot purged the log up to itself,
+//! so a 3-node cluster's follower restarted across a snapshot was sent the whole state.
+//!
 //! openraft's own policy, a snapshot every N entries, is off unless `--snapshot-every` asks
 //! for it. Until 2026-12-02 it was on at 20,000 entries: with GiBs of files in the state, plain
 //! chat traffic made every storage peer rewrite all of them every 20,000 entries, all at the
@@ -33,6 +41,49 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub(super) fn due(grown: u64, snapshot: u64, floor: u64, rank: u64, members: u64) -> bool {
     let mark = snapshot.max(floor);
     grown >= mark.saturating_add(mark / (2 * members.max(1)) * rank)
+}
+
+/// The first log index to keep, from `from` (the first not purged yet) to `snapshot + 1`:
+/// the earliest whose entries, up to the snapshot, take at most `retain` bytes
+/// (`bytes_from(i)`, which shrinks as `i` grows).
+pub(super) fn first_kept(from: u64, snapshot: u64, retain: u64, bytes_from: impl Fn(u64) -> u64) -> u64 {
+    let past = snapshot.saturating_add(1);
+    let (mut lo, mut hi) = (from.min(past), past);
+    if retain == 0 {
+        return hi;
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if bytes_from(mid) <= retain {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// Purges this node's log up to what [`first_kept`] keeps, if that is past what it purged.
+async fn purge(replica: &Replica, raft: &openraft::Raft<crate::storage::raft::TypeConfig>) {
+    let (snapshot, purged) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+    };
+    let Some(snapshot) = snapshot else { return };
+    let from = purged.map_or(0, |p| p + 1);
+    let (store, retain) = (replica.inner.store.clone(), replica.inner.cfg.retain_log_bytes);
+    let keep = tokio::task::spawn_blocking(move || {
+        first_kept(from, snapshot, retain, |i| crate::storage::raft::log_bytes(&store, i, snapshot + 1))
+    })
+    .await;
+    if let Ok(keep) = keep.map(|k| k.checked_sub(1)) {
+        if let Some(upto) = keep.filter(|upto| purged.is_none_or(|p| *upto > p)) {
+            if let Err(e) = raft.trigger().purge_log(upto).await {
+                tracing::warn!(error = %e, "cannot purge the log");
+            }
+        }
+    }
 }
 
 /// This node's place among the members of its log by node id, and how many there are.
@@ -81,12 +132,13 @@ pub(super) async fn run(replica: Replica) {
                 tracing::warn!(error = %e, "cannot ask for a snapshot");
             }
         }
+        purge(&replica, &raft).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::due;
+    use super::{due, first_kept};
 
     #[test]
     fn a_snapshot_is_due_once_the_log_outgrew_the_last_one_and_the_floor() {
@@ -95,6 +147,19 @@ mod tests {
         assert!(due(256 * mib, 0, 256 * mib, 0, 1));
         assert!(!due(900 * mib, 1024 * mib, 256 * mib, 0, 1), "a large state: its size decides");
         assert!(due(1024 * mib, 1024 * mib, 256 * mib, 0, 1));
+    }
+
+    #[test]
+    fn the_newest_log_before_the_snapshot_is_kept_up_to_the_budget() {
+        // Entries 0..=100 of 1 MiB each, the snapshot at 100.
+        let bytes_from = |i: u64| (101u64.saturating_sub(i)) << 20;
+        assert_eq!(first_kept(0, 100, 10 << 20, bytes_from), 91, "the ten newest: 91..=100");
+        assert_eq!(first_kept(0, 100, (10 << 20) + 5, bytes_from), 91);
+        assert_eq!(first_kept(0, 100, (10 << 20) - 1, bytes_from), 92);
+        assert_eq!(first_kept(95, 100, 10 << 20, bytes_from), 95, "what is purged stays purged");
+        assert_eq!(first_kept(0, 100, 1 << 30, bytes_from), 0, "all of it fits");
+        assert_eq!(first_kept(0, 100, 0, |_| 0), 101, "no budget: everything the snapshot holds goes");
+        assert_eq!(first_kept(101, 100, 10 << 20, bytes_from), 101, "installed: nothing left to purge");
     }
 
     #[test]

@@ -153,11 +153,13 @@ async fn a_raft_core_that_stopped_on_its_own_starts_again_and_catches_up() {
 }
 
 /// Uploads make entries large. A log that grew past `snapshot_log_bytes` is snapshotted and
-/// purged on every storage peer (the test kit, like a node by default, sets no entry count).
+/// purged on every storage peer (the test kit, like a node by default, sets no entry count;
+/// no log is kept before the snapshot here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_of_large_entries_is_snapshotted_and_purged_by_its_bytes() {
     use sha2::{Digest, Sha256};
-    let [p0, p1, p2] = group_of_three_with(ReplicaConfig { snapshot_log_bytes: 4 << 20, ..Peer::config() }).await;
+    let config = ReplicaConfig { snapshot_log_bytes: 4 << 20, retain_log_bytes: 0, ..Peer::config() };
+    let [p0, p1, p2] = group_of_three_with(config).await;
     let all = [&p0, &p1, &p2];
     let lead = leader(&all).await;
     let r = lead.raft.client_write(Batch(setup())).await.unwrap();

@@ -167,16 +167,25 @@ pub fn snapshot_size(store: &Store) -> Result<Option<u64>, AnyError> {
     }
 }
 
-/// About how many bytes of live log this node holds on disk (RocksDB's estimate of the files
-/// over the entries after the purged ones: compressed, and only what was flushed, which right
-/// after an open is all of it, recovery flushing the WAL).
+/// About how many bytes of log since its snapshot this node holds on disk (see
+/// [`log_bytes`]; right after an open that is all of it, recovery flushing the WAL). The
+/// entries before the snapshot that are kept for peers behind it do not count.
 pub fn log_size_on_disk(store: &Store) -> Result<u64, AnyError> {
     let purged: Option<openraft::LogId<NodeId>> = get_meta(store, PURGED)?;
-    let from = purged.map_or(0, |l| l.index + 1).to_be_bytes();
-    let past_every_key = [0xff_u8; 9];
-    let sizes =
-        store.db.get_approximate_sizes_cf(store.cf(Cf::RaftLog), &[rocksdb::Range::new(&from, &past_every_key)]);
-    Ok(sizes.first().copied().unwrap_or(0))
+    let snap: Option<openraft::SnapshotMeta<NodeId, RaftNode>> = get_meta(store, SNAP_META)?;
+    let covered = purged.map(|l| l.index).max(snap.and_then(|m| m.last_log_id).map(|l| l.index));
+    Ok(log_bytes(store, covered.map_or(0, |i| i + 1), u64::MAX))
+}
+
+/// RocksDB's estimate of the bytes of the log entries `from..to` (indexes, `to` excluded):
+/// the size of the files that hold them, compressed, and nothing of what is still only in a
+/// memtable (at most the 16 MiB write buffer, the newest entries).
+pub fn log_bytes(store: &Store, from: u64, to: u64) -> u64 {
+    // Log keys are 8-byte indexes: as an end, `u64::MAX` takes every key.
+    let end = if to == u64::MAX { vec![0xff; 9] } else { to.to_be_bytes().to_vec() };
+    let start = from.to_be_bytes();
+    let sizes = store.db.get_approximate_sizes_cf(store.cf(Cf::RaftLog), &[rocksdb::Range::new(&start, &end)]);
+    sizes.first().copied().unwrap_or(0)
 }
 
 /// Forgets this node's copy of the replicated log: the log, the state machine, the snapshot

@@ -201,4 +201,16 @@ fn the_log_held_on_disk_is_measured_after_a_reopen() {
     let store = Store::open(dir.path()).unwrap();
     let held = log_size_on_disk(&store).unwrap();
     assert!((1_900_000..2_300_000).contains(&held), "two live entries of 1 MiB each: {held} bytes");
+    let between = log_bytes(&store, 2, 4);
+    assert!((1_900_000..2_300_000).contains(&between), "entries 2 and 3: {between} bytes");
+    assert!(log_bytes(&store, 5, u64::MAX) < 100_000, "no entry after the fourth");
+
+    // Entries kept before the snapshot (for peers behind it) are not growth since it.
+    let meta = openraft::SnapshotMeta::<NodeId, RaftNode> {
+        last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 0), 3)),
+        ..Default::default()
+    };
+    store.db.put_cf(store.cf(Cf::RaftMeta), SNAP_META, json(&meta)).unwrap();
+    let since = log_size_on_disk(&store).unwrap();
+    assert!((900_000..1_200_000).contains(&since), "one entry after the snapshot: {since} bytes");
 }
