@@ -188,7 +188,7 @@ async fn refresh_leader_view(replica: &Replica) -> Option<RaftView> {
 }
 
 /// A node dropped from the replicated log forgets its copy: one that holds a log, that the
-/// coordinator no longer names a storage peer, and that a leader's COMMITTED membership (its
+/// coordinator names, but not as a storage peer, and that a leader's COMMITTED membership (its
 /// log index applied) leaves out. Every later membership descends from that one, so no
 /// quorum will ever count on this copy again. A node that died as a storage peer, was
 /// replaced, and came back is the usual case; without this it would keep its stale copy of
@@ -197,7 +197,11 @@ async fn forget_if_dropped(replica: &Replica, leader: &RaftView) {
     let me = replica.inner.me.to_base58();
     let committed = leader.membership_index > 0 && leader.membership_index <= leader.applied_index;
     let left_out = !leader.peers.is_empty() && !leader.peers.iter().any(|p| p.peer_id == me);
-    let assigned = replica.inner.cluster.view().assignment.is_some();
+    // An assignment from before this node came back does not name it at all. The next one
+    // may make it a storage peer again (a 3-node cluster has no one else to name): it then
+    // rejoins with the log it holds and catches up from there, not from nothing.
+    let assigned =
+        replica.inner.cluster.view().assignment.is_some_and(|a| a.assignment.members.iter().any(|m| m.peer_id == me));
     if !(committed && left_out && assigned && replica.is_member())
         || replica.storage_peers().contains(&replica.inner.me)
     {
