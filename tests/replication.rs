@@ -367,6 +367,10 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
     for i in 0..100 {
         node.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": format!("m{i}")})).await;
     }
+    // The leader purged its log (a second after its snapshot), so a newcomer needs the snapshot.
+    c.wait_until("the leader to purge its log", SETTLE, |c| {
+        c.views().into_iter().find(|(i, _)| *i == leader)?.1.raft.filter(|r| r.purged_index >= 20)
+    });
     // A follower dies for good; the coordinator promotes the input-only node.
     let lost = *storage.iter().find(|i| **i != leader).unwrap();
     c.kill9(lost);
