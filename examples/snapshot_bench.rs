@@ -12,10 +12,17 @@
 //! cost, the surviving follower's that of applying the uploads (the leader also served them
 //! over HTTP).
 //!
+//! With `--restart`, a 3-node cluster instead: after the uploads a storage follower is
+//! `kill -9`ed, the other two chat for `--chat-seconds` and snapshot past its log (give
+//! `--snapshot-every`), and it is started again. It is dropped from the voters while down and
+//! rejoins with its log: the JSON has how long it took to be a caught-up voter again and
+//! whether it needed a snapshot (`--retain-log-mib` is passed on to the nodes).
+//!
 //! ```text
 //! cargo build --release --workspace --bins --examples
 //! target/release/examples/snapshot_bench --mib 512 --file-mib 32
 //! target/release/examples/snapshot_bench --mib 1024 --chat-seconds 180 [--snapshot-every 20000]
+//! target/release/examples/snapshot_bench --restart --mib 1024 --chat-seconds 20 --snapshot-every 1000 [--retain-log-mib 0]
 //! ```
 
 #[path = "load/mod.rs"]
@@ -41,6 +48,12 @@ struct Args {
     /// Passed on to the nodes: also snapshot every this many entries.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Passed on to the nodes: MiB of log kept before a snapshot.
+    #[arg(long)]
+    retain_log_mib: Option<u64>,
+    /// Restart a follower of a 3-node cluster across a snapshot instead of replacing one.
+    #[arg(long)]
+    restart: bool,
 }
 
 const FLAGS: &[&str] = &[
@@ -56,14 +69,13 @@ const FLAGS: &[&str] = &[
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let Args { mib, file_mib, chat_seconds, snapshot_every } = clap::Parser::parse();
+    let Args { mib, file_mib, chat_seconds, snapshot_every, retain_log_mib, restart } = clap::Parser::parse();
     load::settle_disk();
-    let every = snapshot_every.map(|n| n.to_string());
-    let flags: Vec<&str> = match &every {
-        Some(n) => FLAGS.iter().copied().chain(["--snapshot-every", n.as_str()]).collect(),
-        None => FLAGS.to_vec(),
-    };
-    let mut c = LocalCluster::start(4, &flags);
+    let passed = [("--snapshot-every", snapshot_every), ("--retain-log-mib", retain_log_mib)];
+    let passed: Vec<String> =
+        passed.iter().filter_map(|(f, v)| Some([f.to_string(), (*v)?.to_string()])).flatten().collect();
+    let flags: Vec<&str> = FLAGS.iter().copied().chain(passed.iter().map(String::as_str)).collect();
+    let mut c = LocalCluster::start(if restart { 3 } else { 4 }, &flags);
     let wait = Duration::from_secs(120);
     let leader = c.wait_until("the Raft group to be ready", wait, |c| c.raft_ready(3));
     let views = c.views();
@@ -72,7 +84,6 @@ async fn main() {
         .filter(|(_, v)| v.raft.as_ref().is_some_and(|r| r.state == "leader" || r.state == "follower"))
         .map(|(i, _)| *i)
         .collect();
-    let newcomer = (0..4).find(|i| !storage.contains(i)).expect("a node outside the log");
     // Uploads go through the leader, so the newcomer's memory is its install's alone.
     let url = c.nodes[leader].as_ref().expect("leader").url.clone();
 
@@ -97,6 +108,18 @@ async fn main() {
     }
     each.sort();
     let upload_s = started.elapsed().as_secs_f64();
+    let uploads = json!({
+        "data_mib": mib.div_ceil(file_mib) * file_mib,
+        "upload_seconds": upload_s,
+        // A commit stalled by the disk shows as one slow upload among even ones.
+        "upload_seconds_each": { "p50": load::pct(&each, 0.5) / 1e3, "max": load::pct(&each, 1.0) / 1e3 },
+        "snapshot_every": snapshot_every,
+        "retain_log_mib": retain_log_mib,
+    });
+    if restart {
+        return restart_across_a_snapshot(&mut c, &http, leader, &storage, chat_seconds, uploads).await;
+    }
+    let newcomer = (0..4).find(|i| !storage.contains(i)).expect("a node outside the log");
     let chat = if chat_seconds > 0 {
         let urls: Vec<String> = storage.iter().filter_map(|i| Some(c.nodes[*i].as_ref()?.url.clone())).collect();
         Some(chat_phase(&http, &url, &urls, chat_seconds).await)
@@ -122,11 +145,7 @@ async fn main() {
     let rss = |i: usize| c.nodes[i].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0);
     let report = json!({
         "bench": "snapshot_catch_up",
-        "data_mib": mib.div_ceil(file_mib) * file_mib,
-        "upload_seconds": upload_s,
-        // A commit stalled by the disk shows as one slow upload among even ones.
-        "upload_seconds_each": { "p50": load::pct(&each, 0.5) / 1e3, "max": load::pct(&each, 1.0) / 1e3 },
-        "snapshot_every": snapshot_every,
+        "uploads": uploads,
         "chat": chat,
         "leader_snapshot_index": stored,
         "catch_up_seconds": catch_up_s,
@@ -136,6 +155,46 @@ async fn main() {
             "newcomer": rss(newcomer),
             "surviving_follower": storage.iter().find(|i| **i != leader && **i != lost).map(|i| rss(*i)),
         },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+/// `--restart`: a follower down while the others chat past a snapshot, then back.
+async fn restart_across_a_snapshot(
+    c: &mut LocalCluster,
+    http: &reqwest::Client,
+    leader: usize,
+    storage: &[usize],
+    chat_seconds: u64,
+    uploads: serde_json::Value,
+) {
+    let wait = Duration::from_secs(600);
+    let raft = |c: &LocalCluster, i: usize| c.views().into_iter().find(|(j, _)| *j == i)?.1.raft;
+    let lost = *storage.iter().find(|i| **i != leader).expect("a follower");
+    let held = raft(c, lost).map_or(0, |r| r.last_log_index);
+    c.kill9(lost);
+    let url = c.nodes[leader].as_ref().expect("leader").url.clone();
+    let others: Vec<String> = storage.iter().filter_map(|i| Some(c.nodes[*i].as_ref()?.url.clone())).collect();
+    let chat = chat_phase(http, &url, &others, chat_seconds.max(1)).await;
+    let past = c.wait_until("a snapshot past the dead peer's log", wait, |c| {
+        raft(c, leader).filter(|r| r.snapshot_index > held)
+    });
+    let restarted = Instant::now();
+    c.restart(lost);
+    let back = c.wait_until("the returning peer to be a caught-up voter", wait, |c| {
+        c.raft_ready(3)?;
+        raft(c, lost)
+    });
+    let report = json!({
+        "bench": "restart_across_a_snapshot",
+        "uploads": uploads,
+        "chat_while_down": chat,
+        "returning_peer_held_index": held,
+        "leader_snapshot_index": past.snapshot_index,
+        "leader_purged_index": past.purged_index,
+        "catch_up_seconds": restarted.elapsed().as_secs_f64(),
+        "snapshots_installed": back.snapshots_installed,
+        "returning_peer_peak_rss_mib": c.nodes[lost].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }
