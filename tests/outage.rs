@@ -6,10 +6,12 @@
 //!   before is there.
 //! * One storage peer down while the leader snapshots: the log it lacks is kept, and it
 //!   catches up from it, not by a copy of the whole state.
+//! * A leader paused past its lease, replaced meanwhile: when it resumes, a read it was sent
+//!   during the pause does not answer from before the pause.
 
 mod common;
 
-use chorus_node::testkit::LocalCluster;
+use chorus_node::testkit::{get_json, LocalCluster};
 use common::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -164,4 +166,62 @@ async fn a_peer_down_across_a_snapshot_catches_up_from_the_kept_log() {
     assert!(!log.iter().any(|l| l.contains("no longer holds this node")), "it forgot its copy: {log:#?}");
     let page = Api::new(&url(&c, follower)).get("/api/v1/chats/dm:alice:bob/messages?after=0&limit=100", &bob).await;
     assert_eq!(texts(&page), sent, "history through the returning peer");
+}
+
+/// Bytes received and not yet read on established TCP sockets of 127.0.0.1:`port`
+/// (`/proc/net/tcp`): a request waiting for a stopped process.
+fn queued_at(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rx = f.get(4)?.split(':').nth(1)?;
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"01")).then(|| u64::from_str_radix(rx, 16).ok())?
+        })
+        .sum()
+}
+
+/// A leader process paused (SIGSTOP) for longer than its lease is replaced meanwhile, and the
+/// new leader takes a write. A read sent to the paused node must, when it resumes, neither
+/// answer from before that write (it held metrics from before the pause) nor say "no quorum"
+/// (it heard no majority for seconds, but one exists): it finds the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_resumed_after_a_pause_answers_no_stale_read() {
+    let c = LocalCluster::start(3, &["--user-rps", "0"]);
+    c.wait_settled(SETTLE);
+    let leader = c.wait_until("three voters", SETTLE, |c| c.raft_ready(3));
+    let url = |i: usize| c.nodes[i].as_ref().unwrap().url.clone();
+    let other = (0..3).find(|i| *i != leader).unwrap();
+    let (old, new) = (Api::new(&url(leader)), Api::new(&url(other)));
+    let (alice, bob) = (new.user("alice").await, new.user("bob").await);
+    new.post("/api/v1/friend-requests", Some(&alice), json!({"to": "bob"})).await;
+    let (s, v) = new.call(Method::POST, "/api/v1/friend-requests/alice/accept", Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    new.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "before"})).await;
+    let path = "/api/v1/chats/dm:alice:bob/messages?after=0&limit=100";
+    assert_eq!(texts(&old.get(path, &bob).await), ["before"], "through the leader, before the pause");
+
+    let pid = c.nodes[leader].as_ref().unwrap().pid().to_string();
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let paused_peer = c.views().into_iter().find(|(i, _)| *i == leader).map(|(_, v)| v.this.peer_id);
+    signal("-STOP");
+    let other_url = url(other);
+    c.wait_until("another leader", SETTLE, |_| {
+        let v: chorus_protocol::api::ClusterView = get_json(&format!("{other_url}/api/v1/cluster"))?;
+        v.raft?.leader.filter(|l| Some(l) != paused_peer.as_ref())
+    });
+    new.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": "after"})).await;
+
+    let port: u16 = url(leader).rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let queued_before = queued_at(port);
+    let read = tokio::spawn(async move { old.get(path, &bob).await });
+    c.wait_until("the read to wait in the paused node's socket", SETTLE, |_| {
+        (queued_at(port) > queued_before).then_some(())
+    });
+    signal("-CONT");
+    let page = read.await.unwrap();
+    assert_eq!(texts(&page), ["before", "after"], "the resumed node answered from before its pause");
 }

@@ -112,8 +112,11 @@ impl Default for Timings {
     }
 }
 
-/// A leader that heard no majority for this long refuses writes at once (no quorum).
+/// A leader that heard no majority for this long refuses writes and reads (no quorum), once
+/// [`QUORUM_RECHECK`] more brought neither a majority nor news of another leader.
 const QUORUM_LOST_MS: u64 = 1500;
+/// Two heartbeat rounds.
+const QUORUM_RECHECK: Duration = Duration::from_millis(300);
 
 /// This node's view of the replicated log. Cheap to clone.
 #[derive(Clone)]
@@ -140,6 +143,8 @@ struct Inner {
     installed: Arc<AtomicU64>,
     /// Set while this node is the Raft leader (by `watch_state`).
     leading: Arc<AtomicBool>,
+    /// When `watch_state` last saw Raft publish its metrics ([`reads::now_ms`]).
+    metrics_seen: AtomicU64,
     /// What each applied batch is handed to (metrics, event notices).
     on_apply: OnApply,
     /// The leader's last status report (commit index, peers' progress).
@@ -236,6 +241,7 @@ impl Replica {
                 rotate: AtomicUsize::new(0),
                 installed,
                 leading: leader,
+                metrics_seen: AtomicU64::new(0),
                 on_apply,
                 leader_view: Mutex::new(None),
                 merger,
@@ -365,7 +371,25 @@ impl Replica {
             return Attempt::Retry(leader.filter(|l| *l != self.inner.id).and_then(|l| self.peer_of(l)));
         }
         if quorum_age.is_some_and(|ms| ms > QUORUM_LOST_MS) {
-            return Attempt::Fail(format!("no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"));
+            // A leader that was paused (SIGSTOP, a frozen VM) and replaced meanwhile learns it
+            // from the replies to its next heartbeats: give those a moment before "no quorum".
+            let recheck = raft.wait(Some(QUORUM_RECHECK));
+            let heard = |m: &openraft::RaftMetrics<u64, crate::storage::raft::RaftNode>| {
+                m.state != ServerState::Leader || m.millis_since_quorum_ack.is_some_and(|ms| ms <= QUORUM_LOST_MS)
+            };
+            match recheck.metrics(heard, "a majority again, or another leader").await {
+                Ok(m) if m.state != ServerState::Leader => {
+                    return Attempt::Retry(
+                        m.current_leader.filter(|l| *l != self.inner.id).and_then(|l| self.peer_of(l)),
+                    )
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Attempt::Fail(format!(
+                        "no quorum: a majority of storage peers is silent for {QUORUM_LOST_MS} ms"
+                    ))
+                }
+            }
         }
         match op {
             Op::Write(batch) => match self.inner.merger.submit(batch.clone()).await {
@@ -373,7 +397,9 @@ impl Replica {
                 Err(e) => Attempt::Fail(e.to_string()),
             },
             Op::Read { queries, min_index } => {
-                if let Err(instead) = reads::await_read_index(&raft, *min_index, remaining).await {
+                let seen = self.inner.metrics_seen.load(Ordering::Relaxed);
+                let stale = Duration::from_millis(reads::now_ms().saturating_sub(seen));
+                if let Err(instead) = reads::await_read_index(&raft, *min_index, stale, remaining).await {
                     return instead;
                 }
                 let (store, queries) = (self.inner.store.clone(), queries.clone());
@@ -518,6 +544,7 @@ async fn watch_state(replica: Replica) {
         loop {
             let applies = {
                 let m = rx.borrow_and_update();
+                replica.inner.metrics_seen.store(reads::now_ms(), Ordering::Relaxed);
                 replica.inner.leading.store(m.state == ServerState::Leader, Ordering::Relaxed);
                 replica.inner.cluster.raft_member.store(is_member(&m), Ordering::Relaxed);
                 m.membership_config.membership().get_node(&replica.inner.id).is_some()
