@@ -128,8 +128,7 @@ async fn main() {
     };
     // The leader has a snapshot (the uploads' bytes trigger one past 256 MiB).
     let stored = c.wait_until("a snapshot on the leader", wait, |c| {
-        let (_, v) = c.views().into_iter().find(|(i, _)| *i == leader)?;
-        let r = v.raft?;
+        let r = c.raft_view(leader)?;
         (r.snapshot_index > 0).then_some(r.snapshot_index)
     });
 
@@ -137,12 +136,11 @@ async fn main() {
     let killed = Instant::now();
     c.kill9(lost);
     let installed = c.wait_until("the newcomer to catch up by snapshot", wait, |c| {
-        let (_, v) = c.views().into_iter().find(|(i, _)| *i == newcomer)?;
-        let r = v.raft?;
+        let r = c.raft_view(newcomer)?;
         (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r.snapshots_installed)
     });
     let catch_up_s = killed.elapsed().as_secs_f64();
-    let rss = |i: usize| c.nodes[i].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0);
+    let rss = |i: usize| peak_rss_mib(&c, i);
     let report = json!({
         "bench": "snapshot_catch_up",
         "uploads": uploads,
@@ -159,6 +157,11 @@ async fn main() {
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }
 
+/// Node `i`'s peak RSS so far, MiB (0 if it is not running).
+fn peak_rss_mib(c: &LocalCluster, i: usize) -> f64 {
+    c.nodes[i].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0)
+}
+
 /// `--restart`: a follower down while the others chat past a snapshot, then back.
 async fn restart_across_a_snapshot(
     c: &mut LocalCluster,
@@ -169,21 +172,20 @@ async fn restart_across_a_snapshot(
     uploads: serde_json::Value,
 ) {
     let wait = Duration::from_secs(600);
-    let raft = |c: &LocalCluster, i: usize| c.views().into_iter().find(|(j, _)| *j == i)?.1.raft;
     let lost = *storage.iter().find(|i| **i != leader).expect("a follower");
-    let held = raft(c, lost).map_or(0, |r| r.last_log_index);
+    let held = c.raft_view(lost).map_or(0, |r| r.last_log_index);
     c.kill9(lost);
     let url = c.nodes[leader].as_ref().expect("leader").url.clone();
     let others: Vec<String> = storage.iter().filter_map(|i| Some(c.nodes[*i].as_ref()?.url.clone())).collect();
     let chat = chat_phase(http, &url, &others, chat_seconds.max(1)).await;
     let past = c.wait_until("a snapshot past the dead peer's log", wait, |c| {
-        raft(c, leader).filter(|r| r.snapshot_index > held)
+        c.raft_view(leader).filter(|r| r.snapshot_index > held)
     });
     let restarted = Instant::now();
     c.restart(lost);
     let back = c.wait_until("the returning peer to be a caught-up voter", wait, |c| {
         c.raft_ready(3)?;
-        raft(c, lost)
+        c.raft_view(lost)
     });
     let report = json!({
         "bench": "restart_across_a_snapshot",
@@ -194,7 +196,7 @@ async fn restart_across_a_snapshot(
         "leader_purged_index": past.purged_index,
         "catch_up_seconds": restarted.elapsed().as_secs_f64(),
         "snapshots_installed": back.snapshots_installed,
-        "returning_peer_peak_rss_mib": c.nodes[lost].as_ref().map_or(0.0, |n| load::peak_rss_kib(n.pid()) as f64 / 1024.0),
+        "returning_peer_peak_rss_mib": peak_rss_mib(c, lost),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

@@ -130,7 +130,6 @@ async fn a_peer_down_across_a_snapshot_catches_up_from_the_kept_log() {
     let mut c = LocalCluster::start(3, &["--user-rps", "0", "--snapshot-every", "10"]);
     c.wait_settled(SETTLE);
     let leader = c.wait_until("three voters", SETTLE, |c| c.raft_ready(3));
-    let raft = |c: &LocalCluster, i: usize| c.views().into_iter().find(|(j, _)| *j == i)?.1.raft;
     let url = |c: &LocalCluster, i: usize| c.nodes[i].as_ref().unwrap().url.clone();
     let follower = (0..3).find(|i| *i != leader).unwrap();
     let api = Api::new(&url(&c, leader));
@@ -139,7 +138,7 @@ async fn a_peer_down_across_a_snapshot_catches_up_from_the_kept_log() {
     let (s, v) = api.call(Method::POST, "/api/v1/friend-requests/alice/accept", Some(&bob), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let held = c.wait_until("the follower to hold the log", SETTLE, |c| {
-        let (l, f) = (raft(c, leader)?, raft(c, follower)?);
+        let (l, f) = (c.raft_view(leader)?, c.raft_view(follower)?);
         (f.last_log_index == l.last_log_index).then_some(f.last_log_index)
     });
 
@@ -149,15 +148,15 @@ async fn a_peer_down_across_a_snapshot_catches_up_from_the_kept_log() {
         api.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": t})).await;
     }
     let r = c.wait_until("a snapshot past the dead peer's log", SETTLE, |c| {
-        raft(c, leader).filter(|r| r.snapshot_index > held + 10)
+        c.raft_view(leader).filter(|r| r.snapshot_index > held + 10)
     });
     assert!(r.purged_index < held, "the log after the dead peer's is kept: {r:?}");
 
     c.restart(follower);
     let caught_up = c.wait_until("the returning peer to catch up", SETTLE, |c| {
-        let views: Vec<_> = (0..3).filter_map(|i| raft(c, i)).collect();
+        let views: Vec<_> = (0..3).filter_map(|i| c.raft_view(i)).collect();
         let last = views.iter().find(|r| r.state == "leader")?.last_log_index;
-        let f = raft(c, follower)?;
+        let f = c.raft_view(follower)?;
         (views.len() == 3 && f.applied_index >= last && f.applied_index >= r.snapshot_index).then_some(f)
     });
     assert_eq!(caught_up.snapshots_installed, 0, "caught up from the log: {caught_up:?}");
@@ -206,7 +205,7 @@ async fn a_leader_resumed_after_a_pause_answers_no_stale_read() {
 
     let pid = c.nodes[leader].as_ref().unwrap().pid().to_string();
     let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    let paused_peer = c.views().into_iter().find(|(i, _)| *i == leader).map(|(_, v)| v.this.peer_id);
+    let paused_peer = c.view(leader).map(|v| v.this.peer_id);
     signal("-STOP");
     let other_url = url(other);
     c.wait_until("another leader", SETTLE, |_| {

@@ -368,9 +368,7 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
         node.post("/api/v1/dms/bob/messages", Some(&alice), json!({"text": format!("m{i}")})).await;
     }
     // The leader purged its log (a second after its snapshot), so a newcomer needs the snapshot.
-    c.wait_until("the leader to purge its log", SETTLE, |c| {
-        c.views().into_iter().find(|(i, _)| *i == leader)?.1.raft.filter(|r| r.purged_index >= 20)
-    });
+    c.wait_until("the leader to purge its log", SETTLE, |c| c.raft_view(leader).filter(|r| r.purged_index >= 20));
     // A follower dies for good; the coordinator promotes the input-only node.
     let lost = *storage.iter().find(|i| **i != leader).unwrap();
     c.kill9(lost);
@@ -387,8 +385,7 @@ async fn a_lost_storage_peer_is_replaced_and_the_newcomer_catches_up_by_snapshot
     // The lost peer comes back: it is no storage peer now, so it forgets its stale copy.
     c.restart(lost);
     let forgotten = |c: &LocalCluster| {
-        let (_, v) = c.views().into_iter().find(|(i, _)| *i == lost)?;
-        let raft = v.raft?;
+        let raft = c.raft_view(lost)?;
         (raft.applied_index == 0 && raft.last_log_index == 0 && raft.leader.is_some()).then_some(())
     };
     c.wait_until("the returning peer to drop its copy", SETTLE, |c| c.settled().and(forgotten(c)));
@@ -451,7 +448,7 @@ async fn a_voter_behind_the_purged_log_catches_up_by_a_snapshot_slower_than_an_e
         assert!(resp.status().is_success(), "upload {i}: {}", resp.status());
     }
     // The leader's snapshot passes the stopped voter's log, and the log before it is purged.
-    let leader_raft = |c: &LocalCluster| c.views().into_iter().find(|(i, _)| *i == leader)?.1.raft;
+    let leader_raft = |c: &LocalCluster| c.raft_view(leader);
     let term = c.wait_until("a snapshot past the stopped voter", SETTLE, |c| {
         leader_raft(c).filter(|r| r.snapshot_index > behind + 4).map(|r| r.term)
     });

@@ -312,6 +312,16 @@ impl LocalCluster {
         urls.into_iter().filter_map(|(i, url)| Some((i, get_json(&format!("{url}/api/v1/cluster"))?))).collect()
     }
 
+    /// Node `i`'s `/api/v1/cluster`, if it is up and answers.
+    pub fn view(&self, i: usize) -> Option<chorus_protocol::api::ClusterView> {
+        get_json(&format!("{}/api/v1/cluster", self.nodes.get(i)?.as_ref()?.url))
+    }
+
+    /// Node `i`'s Raft view, if it is up and answers.
+    pub fn raft_view(&self, i: usize) -> Option<chorus_protocol::api::RaftView> {
+        self.view(i)?.raft
+    }
+
     /// Live node count.
     pub fn live(&self) -> usize {
         self.nodes.iter().flatten().count()

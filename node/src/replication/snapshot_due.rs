@@ -72,6 +72,9 @@ async fn purge(replica: &Replica, raft: &openraft::Raft<crate::storage::raft::Ty
     };
     let Some(snapshot) = snapshot else { return };
     let from = purged.map_or(0, |p| p + 1);
+    if from > snapshot {
+        return; // nothing the snapshot holds is left (after an install, always)
+    }
     let (store, retain) = (replica.inner.store.clone(), replica.inner.cfg.retain_log_bytes);
     let keep = tokio::task::spawn_blocking(move || {
         first_kept(from, snapshot, retain, |i| crate::storage::raft::log_bytes(&store, i, snapshot + 1))
