@@ -137,7 +137,7 @@ async fn main() {
     c.kill9(lost);
     let installed = c.wait_until("the newcomer to catch up by snapshot", wait, |c| {
         let r = c.raft_view(newcomer)?;
-        (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r.snapshots_installed)
+        (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r)
     });
     let catch_up_s = killed.elapsed().as_secs_f64();
     let rss = |i: usize| peak_rss_mib(&c, i);
@@ -147,7 +147,9 @@ async fn main() {
         "chat": chat,
         "leader_snapshot_index": stored,
         "catch_up_seconds": catch_up_s,
-        "snapshots_installed": installed,
+        "snapshots_installed": installed.snapshots_installed,
+        // More than installed: a transfer was cut off (a chunk's deadline) and sent again.
+        "snapshot_transfers": installed.snapshot_transfers,
         "peak_rss_mib": {
             "leader": rss(leader),
             "newcomer": rss(newcomer),
@@ -196,6 +198,7 @@ async fn restart_across_a_snapshot(
         "leader_purged_index": past.purged_index,
         "catch_up_seconds": restarted.elapsed().as_secs_f64(),
         "snapshots_installed": back.snapshots_installed,
+        "snapshot_transfers": back.snapshot_transfers,
         "returning_peer_peak_rss_mib": peak_rss_mib(c, lost),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));

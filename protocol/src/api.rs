@@ -373,6 +373,10 @@ pub struct RaftView {
     pub purged_index: u64,
     /// Snapshots this node installed from a leader since it started.
     pub snapshots_installed: u64,
+    /// Snapshot transfers from a leader this node began receiving since it started. More than
+    /// `snapshots_installed` means a transfer was cut off and begun again.
+    #[serde(default)]
+    pub snapshot_transfers: u64,
     /// Log index of the membership in force here (0: none). On the leader, at most
     /// `applied_index` means that membership is committed.
     #[serde(default)]

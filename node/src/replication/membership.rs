@@ -258,6 +258,7 @@ impl Replica {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             snapshots_installed: self.inner.installed.load(Ordering::Relaxed),
+            snapshot_transfers: self.inner.transfers.load(Ordering::Relaxed),
             membership_index: m.membership_config.log_id().map_or(0, |l| l.index),
             log_seen: self.inner.cluster.log_seen.load(Ordering::Relaxed),
             peers,

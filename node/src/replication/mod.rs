@@ -142,6 +142,9 @@ struct Inner {
     rotate: AtomicUsize,
     /// Snapshots installed from a leader since the node started.
     installed: Arc<AtomicU64>,
+    /// Snapshot transfers from a leader this node began receiving (first chunks) since it
+    /// started: more than `installed` means transfers were cut off and sent again.
+    transfers: AtomicU64,
     /// Set while this node is the Raft leader (by `watch_state`).
     leading: Arc<AtomicBool>,
     /// When `watch_state` last saw Raft publish its metrics ([`reads::now_ms`]).
@@ -241,6 +244,7 @@ impl Replica {
                 acked: AtomicU64::new(0),
                 rotate: AtomicUsize::new(0),
                 installed,
+                transfers: AtomicU64::new(0),
                 leading: leader,
                 metrics_seen: AtomicU64::new(0),
                 on_apply,

@@ -24,6 +24,7 @@ use openraft::raft::{
 };
 use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -261,7 +262,13 @@ pub async fn serve(replica: Replica, mut inbound: mpsc::UnboundedReceiver<RaftIn
             let response = match request {
                 Request::Append(r) => Response::Append(raft.append_entries(r).await),
                 Request::Vote(r) => Response::Vote(raft.vote(r).await),
-                Request::Snapshot(r) => Response::Snapshot(hold.install(&raft, r.into()).await),
+                Request::Snapshot(r) => {
+                    let r: InstallSnapshotRequest<TypeConfig> = r.into();
+                    if r.offset == 0 {
+                        replica.inner.transfers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Response::Snapshot(hold.install(&raft, r).await)
+                }
                 Request::Forward(batch) => Response::Routed(replica.serve_op(Op::Write(batch)).await),
                 Request::Query { queries, min_index } => {
                     Response::Routed(replica.serve_op(Op::Read { queries, min_index }).await)
