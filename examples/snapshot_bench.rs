@@ -140,6 +140,12 @@ async fn main() {
         (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r)
     });
     let catch_up_s = killed.elapsed().as_secs_f64();
+    for (who, i) in [("leader", leader), ("newcomer", newcomer)] {
+        let lines = c.nodes[i].as_ref().map(|n| n.log_lines()).unwrap_or_default();
+        for line in lines.iter().filter(|l| l.contains("snapshot")) {
+            eprintln!("{who}: {line}");
+        }
+    }
     let rss = |i: usize| peak_rss_mib(&c, i);
     let report = json!({
         "bench": "snapshot_catch_up",

@@ -16,6 +16,10 @@ pub const KAD_PROTOCOL: &str = "/chorus/kad/1.0.0";
 pub const ELECTION_PROTOCOL: &str = "/chorus/election/1";
 /// Request-response protocol for Raft RPCs among storage peers (CBOR frames).
 pub const RAFT_PROTOCOL: &str = "/chorus/raft/1";
+/// Request-response protocol for Raft snapshot chunks: the same frames as [`RAFT_PROTOCOL`],
+/// with a deadline long enough for the last chunk, which a follower answers only once it has
+/// installed the whole snapshot.
+pub const SNAPSHOT_PROTOCOL: &str = "/chorus/raft-snapshot/1";
 
 /// What a node does for the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use super::{OverlayConfig, OverlayError};
 use crate::election::Msg;
-use chorus_protocol::cluster::{ELECTION_PROTOCOL, KAD_PROTOCOL, PROTOCOL_VERSION, RAFT_PROTOCOL};
+use chorus_protocol::cluster::{ELECTION_PROTOCOL, KAD_PROTOCOL, PROTOCOL_VERSION, RAFT_PROTOCOL, SNAPSHOT_PROTOCOL};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
@@ -11,6 +11,14 @@ use std::time::Duration;
 
 /// Largest Raft request or response (an append of several batches, a snapshot chunk).
 pub(crate) const RAFT_FRAME_MAX: u64 = 64 * 1024 * 1024;
+
+/// Deadline of a Raft RPC in the overlay. The replication layer sets tighter ones of its own.
+const RAFT_RPC_MAX: Duration = Duration::from_secs(10);
+
+/// Deadline of a snapshot chunk in the overlay: the last chunk is answered only after its
+/// install, which grows with the state. The replication layer sets the real deadline of each
+/// chunk (from its size); this only bounds what it may ask for.
+pub const SNAPSHOT_RPC_MAX: Duration = Duration::from_secs(3600);
 
 /// An opaque frame: the replication layer encodes Raft messages, the overlay only carries them.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,6 +34,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) election: request_response::cbor::Behaviour<Msg<PeerId>, bool>,
     pub(crate) raft: request_response::cbor::Behaviour<Frame, Frame>,
+    pub(crate) snapshot: request_response::cbor::Behaviour<Frame, Frame>,
     pub(crate) relay: relay::Behaviour,
 }
 
@@ -79,16 +88,18 @@ impl Behaviour {
             rr_cfg,
         );
         // Raft batches and snapshot chunks are far larger than the codec's defaults.
-        let raft_codec = request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum(RAFT_FRAME_MAX)
-            .set_response_size_maximum(RAFT_FRAME_MAX);
-        let raft_cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(10));
-        let raft = request_response::Behaviour::with_codec(
-            raft_codec,
-            [(StreamProtocol::new(RAFT_PROTOCOL), request_response::ProtocolSupport::Full)],
-            raft_cfg,
-        );
+        let frames = |protocol: &'static str, timeout: Duration| {
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(RAFT_FRAME_MAX)
+                .set_response_size_maximum(RAFT_FRAME_MAX);
+            request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(protocol), request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(timeout),
+            )
+        };
+        let (raft, snapshot) = (frames(RAFT_PROTOCOL, RAFT_RPC_MAX), frames(SNAPSHOT_PROTOCOL, SNAPSHOT_RPC_MAX));
         let relay = relay::Behaviour::new(me, relay::Config::default());
-        Ok(Behaviour { identify, ping, kad, gossipsub, mdns: mdns.into(), election, raft, relay })
+        Ok(Behaviour { identify, ping, kad, gossipsub, mdns: mdns.into(), election, raft, snapshot, relay })
     }
 }

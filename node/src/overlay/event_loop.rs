@@ -1,8 +1,8 @@
 //! The task that owns the Swarm.
 
 use super::behaviour::{Behaviour, BehaviourEvent, Frame};
-use super::{Command, Event, OverlayConfig, OverlayError, RaftInbound};
-use chorus_protocol::cluster::{CONTROL_TOPIC, EVENTS_TOPIC, PROTOCOL_VERSION};
+use super::{Command, Event, Lane, OverlayConfig, OverlayError, RaftInbound};
+use chorus_protocol::cluster::{CONTROL_TOPIC, EVENTS_TOPIC, PROTOCOL_VERSION, SNAPSHOT_PROTOCOL};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -11,6 +11,9 @@ use libp2p::{gossipsub, identify, kad, mdns, noise, ping, tcp, Multiaddr, PeerId
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+/// Where the answer to an outbound Raft frame goes.
+type RaftReply = oneshot::Sender<Result<Vec<u8>, OverlayError>>;
 
 /// Owns the Swarm; run it with [`EventLoop::run`].
 pub struct EventLoop {
@@ -21,8 +24,10 @@ pub struct EventLoop {
     /// Peers that identified as Chorus nodes (PeerUp sent, PeerDown pending).
     chorus: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<(), OverlayError>>>,
-    raft_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, OverlayError>>>,
-    raft_in: HashMap<u64, request_response::ResponseChannel<Frame>>,
+    raft_out: HashMap<(Lane, OutboundRequestId), RaftReply>,
+    raft_in: HashMap<u64, (Lane, request_response::ResponseChannel<Frame>)>,
+    /// Chorus peers that speak `SNAPSHOT_PROTOCOL` (from identify).
+    snapshot_lane: HashSet<PeerId>,
     raft_tx: mpsc::UnboundedSender<RaftInbound>,
     next_raft_id: u64,
 }
@@ -84,6 +89,7 @@ impl EventLoop {
             pending: HashMap::new(),
             raft_out: HashMap::new(),
             raft_in: HashMap::new(),
+            snapshot_lane: HashSet::new(),
             raft_tx,
             next_raft_id: 0,
         })
@@ -167,13 +173,14 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().election.send_request(&to, msg);
                 self.pending.insert(id, reply);
             }
-            Command::SendRaft { to, data, reply } => {
-                let id = self.swarm.behaviour_mut().raft.send_request(&to, Frame(data));
-                self.raft_out.insert(id, reply);
+            Command::SendRaft { to, data, lane, reply } => {
+                let lane = if self.snapshot_lane.contains(&to) { lane } else { Lane::Raft };
+                let id = self.frames(lane).send_request(&to, Frame(data));
+                self.raft_out.insert((lane, id), reply);
             }
             Command::RaftReply { id, data } => {
-                if let Some(channel) = self.raft_in.remove(&id) {
-                    let _ = self.swarm.behaviour_mut().raft.send_response(channel, Frame(data));
+                if let Some((lane, channel)) = self.raft_in.remove(&id) {
+                    let _ = self.frames(lane).send_response(channel, Frame(data));
                 }
             }
             Command::ListenAddrs { reply } => {
@@ -189,6 +196,7 @@ impl EventLoop {
                 let _ = self.events.send(Event::Listening(address));
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.chorus.remove(&peer_id) => {
+                self.snapshot_lane.remove(&peer_id);
                 let _ = self.events.send(Event::PeerDown(peer_id));
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event).await,
@@ -203,6 +211,9 @@ impl EventLoop {
                     tracing::debug!(%peer_id, version = %info.protocol_version, "not a chorus peer");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
+                }
+                if info.protocols.iter().any(|p| p.as_ref() == SNAPSHOT_PROTOCOL) {
+                    self.snapshot_lane.insert(peer_id);
                 }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -244,28 +255,36 @@ impl EventLoop {
                 let _ = self.events.send(event);
             }
             BehaviourEvent::Election(event) => self.on_election(event).await,
-            BehaviourEvent::Raft(event) => self.on_raft(event).await,
+            BehaviourEvent::Raft(event) => self.on_raft(Lane::Raft, event),
+            BehaviourEvent::Snapshot(event) => self.on_raft(Lane::Snapshot, event),
             _ => {}
         }
     }
 
-    async fn on_raft(&mut self, event: request_response::Event<Frame, Frame>) {
+    fn frames(&mut self, lane: Lane) -> &mut request_response::cbor::Behaviour<Frame, Frame> {
+        match lane {
+            Lane::Raft => &mut self.swarm.behaviour_mut().raft,
+            Lane::Snapshot => &mut self.swarm.behaviour_mut().snapshot,
+        }
+    }
+
+    fn on_raft(&mut self, lane: Lane, event: request_response::Event<Frame, Frame>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let id = self.next_raft_id;
                     self.next_raft_id += 1;
-                    self.raft_in.insert(id, channel);
+                    self.raft_in.insert(id, (lane, channel));
                     let _ = self.raft_tx.send(RaftInbound { from: peer, id, data: request.0 });
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.raft_out.remove(&request_id) {
+                    if let Some(reply) = self.raft_out.remove(&(lane, request_id)) {
                         let _ = reply.send(Ok(response.0));
                     }
                 }
             },
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
-                if let Some(reply) = self.raft_out.remove(&request_id) {
+                if let Some(reply) = self.raft_out.remove(&(lane, request_id)) {
                     let never_sent = matches!(
                         error,
                         request_response::OutboundFailure::DialFailure
@@ -281,7 +300,7 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { .. } | request_response::Event::ResponseSent { .. } => {
                 // A reply that can no longer be sent: forget channels whose stream is gone.
-                self.raft_in.retain(|_, c| c.is_open());
+                self.raft_in.retain(|_, (_, c)| c.is_open());
             }
         }
     }

@@ -17,7 +17,7 @@ mod coalesce;
 mod event_loop;
 pub mod identity;
 
-pub use behaviour::Frame;
+pub use behaviour::{Frame, SNAPSHOT_RPC_MAX};
 pub use event_loop::EventLoop;
 
 use crate::election::Msg;
@@ -110,8 +110,17 @@ pub struct RaftInbound {
     pub data: Vec<u8>,
 }
 
+/// Which request-response protocol carries a Raft frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// `RAFT_PROTOCOL`: every Raft RPC, answered within seconds.
+    Raft,
+    /// `SNAPSHOT_PROTOCOL`: snapshot chunks, the last of which waits for an install.
+    Snapshot,
+}
+
 pub(crate) enum Command {
-    SendRaft { to: PeerId, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, OverlayError>> },
+    SendRaft { to: PeerId, data: Vec<u8>, lane: Lane, reply: oneshot::Sender<Result<Vec<u8>, OverlayError>> },
     RaftReply { id: u64, data: Vec<u8> },
     Publish { topic: &'static str, data: Vec<u8>, reply: oneshot::Sender<Result<(), OverlayError>> },
     Validate { id: MessageId, propagation: PeerId, acceptance: MessageAcceptance },
@@ -161,7 +170,14 @@ impl Client {
 
     /// Sends an encoded Raft request and waits for the encoded response.
     pub async fn raft_request(&self, to: PeerId, data: Vec<u8>) -> Result<Vec<u8>, OverlayError> {
-        self.ask(|reply| Command::SendRaft { to, data, reply }).await?
+        self.ask(|reply| Command::SendRaft { to, data, lane: Lane::Raft, reply }).await?
+    }
+
+    /// Sends an encoded snapshot chunk and waits for the encoded response, up to
+    /// [`SNAPSHOT_RPC_MAX`] (the caller sets its own, shorter deadline). A peer that does not
+    /// speak `SNAPSHOT_PROTOCOL` (an older node) is sent it as a plain Raft request.
+    pub async fn snapshot_request(&self, to: PeerId, data: Vec<u8>) -> Result<Vec<u8>, OverlayError> {
+        self.ask(|reply| Command::SendRaft { to, data, lane: Lane::Snapshot, reply }).await?
     }
 
     /// Answers the inbound Raft request `id`.

@@ -481,7 +481,9 @@ async fn open_raft(
         heartbeat_interval: 150,
         election_timeout_min: 750,
         election_timeout_max: 1500,
-        install_snapshot_timeout: 10_000,
+        // An upper bound only: `raft_net` gives each chunk its own deadline, the last one's
+        // growing with the snapshot (it is answered once installed).
+        install_snapshot_timeout: crate::overlay::SNAPSHOT_RPC_MAX.as_millis() as u64,
         // Entries are whole batches (up to 1024 commands or 4 MiB of file data): a few per
         // append keeps each RPC small and quick, far under the 64 MiB frame limit.
         max_payload_entries: 4,

@@ -35,6 +35,22 @@ const NOTICE_TTL: Duration = Duration::from_secs(2);
 const COMMIT_LINGER: Duration = Duration::from_millis(2);
 /// A commit notice is held only for a peer whose last real answer is this recent.
 const FRESH: Duration = Duration::from_millis(100);
+/// Deadline of a snapshot chunk, but the last.
+const CHUNK_TTL: Duration = Duration::from_secs(10);
+/// The last chunk is answered once the follower has installed the whole snapshot, so its
+/// deadline grows with the snapshot, at this many bytes per second. Installs ran at
+/// 70 - 100 MB/s on the test VMs; at a tenth of that only a hung follower is given up on (a
+/// stopped or cut-off one loses its connection to the overlay's pings within seconds).
+const INSTALL_PACE: u64 = 8 << 20;
+
+/// The deadline of a snapshot chunk at `offset` holding `len` bytes.
+fn chunk_ttl(offset: u64, len: usize, last: bool) -> Duration {
+    if last {
+        CHUNK_TTL + Duration::from_secs((offset + len as u64) / INSTALL_PACE)
+    } else {
+        CHUNK_TTL
+    }
+}
 
 /// Raft node id of a peer: the first 8 bytes of SHA-256 of its PeerId (stable, since the
 /// PeerId comes from the persistent node key; a wiped node gets a new key, so a new id).
@@ -174,21 +190,31 @@ impl Conn {
         true
     }
 
-    async fn call<E: std::error::Error>(&self, req: &Request, option: &RPCOption) -> Result<Response, RpcErr<E>> {
+    /// Sends `req` (on the snapshot lane if `chunk`) and waits up to `ttl` for the answer.
+    async fn call<E: std::error::Error>(
+        &self,
+        req: &Request,
+        ttl: Duration,
+        chunk: bool,
+    ) -> Result<Response, RpcErr<E>> {
         let unreachable =
             |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
         let peer = self.peer.ok_or_else(|| unreachable(&std::io::Error::other("node has no PeerId")))?;
         let data = encode(req).map_err(RPCError::Network)?;
         // A frozen peer keeps its connection open: do not wait forever. openraft 0.9 also wraps
-        // every call in a deadline of its own, the same TTL (appends: the heartbeat interval;
-        // votes: the shortest election timeout; snapshot chunks: `install_snapshot_timeout`).
-        // A large append that outlasts it is not lost: the request still reaches the peer,
-        // and the next append finds the entries there (CBOR log entries keep that rare).
-        let ttl = option.hard_ttl();
-        let reply = tokio::time::timeout(ttl, self.client.raft_request(peer, data))
-            .await
-            .map_err(|e| unreachable(&e))?
-            .map_err(|e| unreachable(&e))?;
+        // every call in a deadline of its own, the TTL in its `RPCOption` (appends: the
+        // heartbeat interval; votes: the shortest election timeout; snapshot chunks:
+        // `install_snapshot_timeout`, an upper bound: see [`chunk_ttl`]). A large append that
+        // outlasts it is not lost: the request still reaches the peer, and the next append
+        // finds the entries there (CBOR log entries keep that rare).
+        let send = async {
+            if chunk {
+                self.client.snapshot_request(peer, data).await
+            } else {
+                self.client.raft_request(peer, data).await
+            }
+        };
+        let reply = tokio::time::timeout(ttl, send).await.map_err(|e| unreachable(&e))?.map_err(|e| unreachable(&e))?;
         decode(&reply).map_err(RPCError::Network)
     }
 
@@ -215,7 +241,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         self.acked = None;
         let (vote, commit, sent) = (rpc.vote, rpc.leader_commit, Instant::now());
         let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
-        let answer = match self.call(&Request::Append(rpc), &option).await? {
+        let answer = match self.call(&Request::Append(rpc), option.hard_ttl(), false).await? {
             Response::Append(r) => self.remote(r)?,
             _ => return Err(unexpected()),
         };
@@ -233,14 +259,17 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        match self.call(&Request::Snapshot(rpc.into()), &option).await? {
+        // A chunk that outlasts its deadline is sent again; the last one again means the whole
+        // snapshot again (the follower's receiving session ended with the install).
+        let ttl = chunk_ttl(rpc.offset, rpc.data.len(), rpc.done).min(option.hard_ttl());
+        match self.call(&Request::Snapshot(rpc.into()), ttl, true).await? {
             Response::Snapshot(r) => self.remote(r),
             _ => Err(unexpected()),
         }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
-        match self.call(&Request::Vote(rpc), &option).await? {
+        match self.call(&Request::Vote(rpc), option.hard_ttl(), false).await? {
             Response::Vote(r) => self.remote(r),
             _ => Err(unexpected()),
         }

@@ -246,3 +246,12 @@ async fn read_gate(lead: &Peer, min_index: u64) -> bool {
         }
     }
 }
+
+#[test]
+fn the_last_snapshot_chunk_waits_for_an_install_that_grows_with_the_snapshot() {
+    let gib = 1u64 << 30;
+    assert_eq!(chunk_ttl(gib, 3 << 20, false), CHUNK_TTL, "a chunk in the middle: the plain deadline");
+    assert_eq!(chunk_ttl(0, 1024, true), CHUNK_TTL, "a small snapshot installs within it");
+    // 2 GiB at 8 MiB/s: the ~20 - 30 s this disk needs to install it fit, where 10 s did not.
+    assert_eq!(chunk_ttl(2 * gib - (3 << 20), 3 << 20, true), CHUNK_TTL + Duration::from_secs(256));
+}
