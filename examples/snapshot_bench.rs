@@ -18,11 +18,16 @@
 //! rejoins with its log: the JSON has how long it took to be a caught-up voter again and
 //! whether it needed a snapshot (`--retain-log-mib` is passed on to the nodes).
 //!
+//! `--stall-install-seconds` stretches the newcomer's install (a slow disk, a huge state) past
+//! the 10 s a snapshot chunk is given: `snapshot_transfers` then shows whether the leader
+//! waited for the install or began the transfer again.
+//!
 //! ```text
 //! cargo build --release --workspace --bins --examples
 //! target/release/examples/snapshot_bench --mib 512 --file-mib 32
 //! target/release/examples/snapshot_bench --mib 1024 --chat-seconds 180 [--snapshot-every 20000]
 //! target/release/examples/snapshot_bench --restart --mib 1024 --chat-seconds 20 --snapshot-every 1000 [--retain-log-mib 0]
+//! target/release/examples/snapshot_bench --mib 1024 --stall-install-seconds 20
 //! ```
 
 #[path = "load/mod.rs"]
@@ -54,6 +59,11 @@ struct Args {
     /// Restart a follower of a 3-node cluster across a snapshot instead of replacing one.
     #[arg(long)]
     restart: bool,
+    /// Stretch the newcomer's install by this many seconds, as a slow disk would: once it
+    /// begins to install, stop it 1.5 s out of every 1.6 s (SIGSTOP / SIGCONT, each stop
+    /// shorter than the coordinator's 2 s and the pings' 3 s timeouts) for that long.
+    #[arg(long, default_value_t = 0)]
+    stall_install_seconds: u64,
 }
 
 const FLAGS: &[&str] = &[
@@ -69,7 +79,8 @@ const FLAGS: &[&str] = &[
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let Args { mib, file_mib, chat_seconds, snapshot_every, retain_log_mib, restart } = clap::Parser::parse();
+    let Args { mib, file_mib, chat_seconds, snapshot_every, retain_log_mib, restart, stall_install_seconds } =
+        clap::Parser::parse();
     load::settle_disk();
     let passed = [("--snapshot-every", snapshot_every), ("--retain-log-mib", retain_log_mib)];
     let passed: Vec<String> =
@@ -135,11 +146,16 @@ async fn main() {
     let lost = *storage.iter().find(|i| **i != leader).expect("a follower");
     let killed = Instant::now();
     c.kill9(lost);
+    let stall = (stall_install_seconds > 0).then(|| {
+        let n = c.nodes[newcomer].as_ref().expect("newcomer");
+        stall_install(n.data_dir().join("db").join("snapshots"), n.pid(), stall_install_seconds)
+    });
     let installed = c.wait_until("the newcomer to catch up by snapshot", wait, |c| {
         let r = c.raft_view(newcomer)?;
         (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r)
     });
     let catch_up_s = killed.elapsed().as_secs_f64();
+    let stalled = stall.map(|t| t.join().expect("stall thread"));
     for (who, i) in [("leader", leader), ("newcomer", newcomer)] {
         let lines = c.nodes[i].as_ref().map(|n| n.log_lines()).unwrap_or_default();
         for line in lines.iter().filter(|l| l.contains("snapshot")) {
@@ -156,6 +172,8 @@ async fn main() {
         "snapshots_installed": installed.snapshots_installed,
         // More than installed: a transfer was cut off (a chunk's deadline) and sent again.
         "snapshot_transfers": installed.snapshot_transfers,
+        // Seconds after the kill the newcomer began to install, and was stalled from.
+        "install_stalled_at_seconds": stalled.map(|t| t.map(|at| (at - killed).as_secs_f64())),
         "peak_rss_mib": {
             "leader": rss(leader),
             "newcomer": rss(newcomer),
@@ -163,6 +181,34 @@ async fn main() {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+/// `--stall-install-seconds`: waits (up to 10 minutes) for process `pid` to begin installing
+/// a snapshot (its copy in `snapshots`, `installing-*.tmp`), then stops it 1.5 s out of every
+/// 1.6 s for `seconds`. Returns when the stall began.
+fn stall_install(snapshots: std::path::PathBuf, pid: u32, seconds: u64) -> std::thread::JoinHandle<Option<Instant>> {
+    let signal = move |sig: &str| std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+    std::thread::spawn(move || {
+        let installing = || {
+            let entries = std::fs::read_dir(&snapshots).ok()?;
+            entries.flatten().find(|e| e.file_name().to_string_lossy().starts_with("installing-"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while installing().is_none() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(seconds) {
+            let _ = signal("-STOP");
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = signal("-CONT");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(began)
+    })
 }
 
 /// Node `i`'s peak RSS so far, MiB (0 if it is not running).

@@ -112,6 +112,11 @@ impl NodeProc {
         self.child.id()
     }
 
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// `kill -9`.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
