@@ -34,7 +34,7 @@
 #[allow(dead_code)] // this bench uses a few of the shared helpers
 mod load;
 
-use chorus_node::testkit::{incompressible, LocalCluster};
+use chorus_node::testkit::{incompressible, signal, LocalCluster};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -187,7 +187,6 @@ async fn main() {
 /// a snapshot (its copy in `snapshots`, `installing-*.tmp`), then stops it 1.5 s out of every
 /// 1.6 s for `seconds`. Returns when the stall began.
 fn stall_install(snapshots: std::path::PathBuf, pid: u32, seconds: u64) -> std::thread::JoinHandle<Option<Instant>> {
-    let signal = move |sig: &str| std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
     std::thread::spawn(move || {
         let installing = || {
             let entries = std::fs::read_dir(&snapshots).ok()?;
@@ -202,9 +201,9 @@ fn stall_install(snapshots: std::path::PathBuf, pid: u32, seconds: u64) -> std::
         }
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(seconds) {
-            let _ = signal("-STOP");
+            signal("-STOP", pid);
             std::thread::sleep(Duration::from_millis(1500));
-            let _ = signal("-CONT");
+            signal("-CONT", pid);
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(began)

@@ -6,7 +6,7 @@
 
 use chorus_node::overlay::{self, OverlayConfig};
 use chorus_node::roles::{self, sign, Candidate};
-use chorus_node::testkit::LocalCluster;
+use chorus_node::testkit::{signal, LocalCluster};
 use chorus_protocol::api::ElectionStats;
 use chorus_protocol::cluster::{ControlMsg, Role, SignedAssignment, CONTROL_TOPIC};
 use libp2p::identity::Keypair;
@@ -182,8 +182,8 @@ fn no_storage_nodes_never_store_and_a_frozen_coordinator_is_replaced() {
     // SIGSTOP the coordinator: its sockets stay open, so only the missing heartbeats (2 s)
     // reveal it. The others elect a new coordinator; after SIGCONT the old one yields.
     let victim = c.index_of(&coordinator).unwrap();
-    let pid = c.nodes[victim].as_ref().unwrap().pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let pid = c.nodes[victim].as_ref().unwrap().pid();
+    signal("-STOP", pid);
     let others: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
     wait_until("a new coordinator while the old one is frozen", || {
         let views = c.views();
@@ -196,7 +196,7 @@ fn no_storage_nodes_never_store_and_a_frozen_coordinator_is_replaced() {
             })
     });
     let new_coordinator = c.views().iter().find(|(i, _)| *i != victim).unwrap().1.coordinator.clone().unwrap();
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    signal("-CONT", pid);
     // Everyone, the thawed node included, ends up following one coordinator at one epoch.
     let (after, _) = c.wait_settled(Duration::from_secs(30));
     assert_eq!(after, new_coordinator, "the thawed coordinator steps down");

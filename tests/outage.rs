@@ -13,7 +13,7 @@
 
 mod common;
 
-use chorus_node::testkit::{get_json, incompressible, LocalCluster};
+use chorus_node::testkit::{get_json, incompressible, signal, LocalCluster};
 use common::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -207,10 +207,9 @@ async fn a_leader_resumed_after_a_pause_answers_no_stale_read() {
     let path = "/api/v1/chats/dm:alice:bob/messages?after=0&limit=100";
     assert_eq!(texts(&old.get(path, &bob).await), ["before"], "through the leader, before the pause");
 
-    let pid = c.nodes[leader].as_ref().unwrap().pid().to_string();
-    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let pid = c.nodes[leader].as_ref().unwrap().pid();
     let paused_peer = c.view(leader).map(|v| v.this.peer_id);
-    signal("-STOP");
+    signal("-STOP", pid);
     let other_url = url(other);
     c.wait_until("another leader", SETTLE, |_| {
         let v: chorus_protocol::api::ClusterView = get_json(&format!("{other_url}/api/v1/cluster"))?;
@@ -224,7 +223,7 @@ async fn a_leader_resumed_after_a_pause_answers_no_stale_read() {
     c.wait_until("the read to wait in the paused node's socket", SETTLE, |_| {
         (queued_at(port) > queued_before).then_some(())
     });
-    signal("-CONT");
+    signal("-CONT", pid);
     let page = read.await.unwrap();
     assert_eq!(texts(&page), ["before", "after"], "the resumed node answered from before its pause");
 }
@@ -270,7 +269,7 @@ async fn a_snapshot_install_slower_than_a_chunk_deadline_is_waited_for_not_sent_
 
     // The newcomer's transfers, polled until the stall begins (it cannot answer during it).
     let n = c.nodes[newcomer].as_ref().unwrap();
-    let (view_url, pid) = (format!("{}/api/v1/cluster", n.url), n.pid().to_string());
+    let (view_url, pid) = (format!("{}/api/v1/cluster", n.url), n.pid());
     let snapshots = n.data_dir().join("db").join("snapshots");
     let (transfers, stalling) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let poll = {
@@ -297,18 +296,16 @@ async fn a_snapshot_install_slower_than_a_chunk_deadline_is_waited_for_not_sent_
             assert!(Instant::now() < deadline, "the newcomer never began to install a snapshot");
             std::thread::sleep(Duration::from_millis(2));
         }
-        let signal =
-            |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-        signal("-STOP");
+        signal("-STOP", pid);
         stalling.store(true, Ordering::SeqCst);
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(1500));
-            signal("-CONT");
+            signal("-CONT", pid);
             std::thread::sleep(Duration::from_millis(50));
-            signal("-STOP");
+            signal("-STOP", pid);
         }
-        signal("-CONT");
+        signal("-CONT", pid);
     });
     let lost = *storage.iter().find(|i| **i != leader).unwrap();
     c.kill9(lost);

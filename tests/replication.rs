@@ -7,7 +7,7 @@
 
 mod common;
 
-use chorus_node::testkit::{incompressible, node_bin, wait_for, LocalCluster};
+use chorus_node::testkit::{incompressible, node_bin, signal, wait_for, LocalCluster};
 use chorus_protocol::api::ClusterView;
 use common::Api;
 use reqwest::StatusCode;
@@ -548,11 +548,6 @@ async fn send_until_acked(node: &Api, token: &str, body: Value) -> Value {
         assert!(Instant::now() < deadline, "writes did not resume: {s} {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn signal(sig: &str, pid: u32) {
-    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// Nodes outside the log that send nothing still learn the new Raft leader after the old one

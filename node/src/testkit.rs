@@ -232,6 +232,12 @@ impl Drop for Lan {
     }
 }
 
+/// Sends signal `sig` (`-STOP`, `-CONT`, ...) to process `pid`; panics if `kill` fails.
+pub fn signal(sig: &str, pid: u32) {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// `mib` MiB of xorshift output: incompressible, so LZ4 does not shrink what a snapshot
 /// carries. `seed` moves on, so the next call gives other bytes.
 pub fn incompressible(mib: u64, seed: &mut u64) -> Vec<u8> {
