@@ -174,7 +174,11 @@ impl EventLoop {
                 self.pending.insert(id, reply);
             }
             Command::SendRaft { to, data, lane, reply } => {
-                let lane = if self.snapshot_lane.contains(&to) { lane } else { Lane::Raft };
+                // An older peer takes its snapshot chunks as plain Raft requests.
+                let lane = match lane {
+                    Lane::Snapshot if !self.snapshot_lane.contains(&to) => Lane::Raft,
+                    lane => lane,
+                };
                 let id = self.frames(lane).send_request(&to, Frame(data));
                 self.raft_out.insert((lane, id), reply);
             }
