@@ -32,6 +32,7 @@ mod reads;
 mod revive;
 mod snapshot_due;
 mod snapshot_hold;
+mod snapshot_sends;
 
 pub use log::Log;
 
@@ -132,6 +133,8 @@ struct Inner {
     id: u64,
     store: Arc<Store>,
     client: Client,
+    /// Raft's connections to peers (kept for `revive`, and for the snapshots they send).
+    network: raft_net::Network,
     cluster: Arc<ClusterState>,
     cfg: ReplicaConfig,
     /// Where the leader was last said to be (for nodes outside the membership).
@@ -212,7 +215,8 @@ impl Replica {
         });
         membership::recall_log_seen(&store, &cluster).await?;
         let (id, installed) = (raft_net::node_id(&me), Arc::new(AtomicU64::new(0)));
-        let raft = open_raft(id, &store, &client, &cfg, &on_apply, &installed, &leader).await?;
+        let network = raft_net::Network::new(client.clone());
+        let raft = open_raft(id, &store, &network, &cfg, &on_apply, &installed, &leader).await?;
         let (raft, current) = watch::channel(raft);
         let merger = {
             let (timeout, timing) = (cfg.timeout, cfg.timings.commit.clone());
@@ -238,6 +242,7 @@ impl Replica {
                 id,
                 store,
                 client: client.clone(),
+                network,
                 cluster,
                 cfg,
                 hint: Mutex::new(None),
@@ -466,11 +471,11 @@ impl Replica {
     }
 }
 
-/// Starts Raft over `store` (its log and state machine) with peers reached through `client`.
+/// Starts Raft over `store` (its log and state machine) with peers reached through `network`.
 async fn open_raft(
     id: u64,
     store: &Arc<Store>,
-    client: &Client,
+    network: &raft_net::Network,
     cfg: &ReplicaConfig,
     on_apply: &OnApply,
     installed: &Arc<AtomicU64>,
@@ -503,8 +508,7 @@ async fn open_raft(
     let sm = StateStore::new(store.clone(), Some(on_apply.clone()))
         .counting_installs(installed.clone())
         .applying_in(Background::start(leading.clone(), log_store.end()));
-    let network = raft_net::Network::new(client.clone());
-    Ok(Raft::new(id, config, network, log_store, sm).await?)
+    Ok(Raft::new(id, config, network.clone(), log_store, sm).await?)
 }
 
 /// Commits several batches as ONE log entry and hands each its own slice of the results.

@@ -9,6 +9,7 @@
 // The error types are openraft's (its network traits return them by value).
 #![allow(clippy::result_large_err)]
 
+use super::snapshot_sends::SnapshotSends;
 use super::{lock, Answer, Op, Replica};
 use crate::overlay::{Client, RaftInbound};
 use crate::storage::raft::{Batch, RaftNode, TypeConfig};
@@ -108,12 +109,18 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, NetworkE
 #[derive(Debug, Clone)]
 pub struct Network {
     client: Client,
+    sends: SnapshotSends,
 }
 
 impl Network {
     /// A factory sending through `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self { client, sends: SnapshotSends::default() }
+    }
+
+    /// The snapshots its connections are sending.
+    pub(super) fn sends(&self) -> &SnapshotSends {
+        &self.sends
     }
 }
 
@@ -127,6 +134,7 @@ pub struct Conn {
     acked: Option<Acked>,
     /// A commit notice waiting for the next append to carry it.
     held: Arc<Mutex<Option<AppendEntriesRequest<TypeConfig>>>>,
+    sends: SnapshotSends,
 }
 
 /// An append the peer answered with success: the vote it was sent under, the log prefix the
@@ -149,6 +157,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: node.peer_id.parse().ok(),
             acked: None,
             held: Default::default(),
+            sends: self.sends.clone(),
         }
     }
 }
@@ -262,6 +271,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         // A chunk that outlasts its deadline is sent again; the last one again means the whole
         // snapshot again (the follower's receiving session ended with the install).
         let ttl = chunk_ttl(rpc.offset, rpc.data.len(), rpc.done).min(option.hard_ttl());
+        self.sends.chunk(self.target, rpc.meta.last_log_id.map_or(0, |l| l.index), ttl);
         match self.call(&Request::Snapshot(rpc.into()), ttl, true).await? {
             Response::Snapshot(r) => self.remote(r),
             _ => Err(unexpected()),

@@ -35,7 +35,7 @@ impl Replica {
 
     async fn reopen(&self) -> Result<(), StartError> {
         let i = &self.inner;
-        let raft = open_raft(i.id, &i.store, &i.client, &i.cfg, &i.on_apply, &i.installed, &i.leading).await?;
+        let raft = open_raft(i.id, &i.store, &i.network, &i.cfg, &i.on_apply, &i.installed, &i.leading).await?;
         i.raft.send_replace(raft);
         Ok(())
     }

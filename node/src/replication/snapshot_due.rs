@@ -63,12 +63,15 @@ pub(super) fn first_kept(from: u64, snapshot: u64, retain: u64, bytes_from: impl
     lo
 }
 
-/// Purges this node's log up to what [`first_kept`] keeps, if that is past what it purged.
+/// Purges this node's log up to what [`first_kept`] keeps and the snapshots on their way to
+/// peers allow, if that is past what it purged.
 async fn purge(replica: &Replica, raft: &openraft::Raft<crate::storage::raft::TypeConfig>) {
-    let (snapshot, purged) = {
+    let (snapshot, purged, cap) = {
         let m = raft.metrics();
         let m = m.borrow();
-        (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+        let matched = |peer: u64| m.replication.as_ref()?.get(&peer)?.map(|l| l.index);
+        let cap = replica.inner.network.sends().purge_cap(matched);
+        (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index), cap)
     };
     let Some(snapshot) = snapshot else { return };
     let from = purged.map_or(0, |p| p + 1);
@@ -81,7 +84,9 @@ async fn purge(replica: &Replica, raft: &openraft::Raft<crate::storage::raft::Ty
     })
     .await;
     if let Ok(keep) = keep.map(|k| k.checked_sub(1)) {
-        if let Some(upto) = keep.filter(|upto| purged.is_none_or(|p| *upto > p)) {
+        // Nor past a peer's progress while a snapshot goes to it (`snapshot_sends`).
+        let upto = keep.map(|upto| cap.map_or(upto, |cap| upto.min(cap)));
+        if let Some(upto) = upto.filter(|upto| purged.is_none_or(|p| *upto > p)) {
             if let Err(e) = raft.trigger().purge_log(upto).await {
                 tracing::warn!(error = %e, "cannot purge the log");
             }
