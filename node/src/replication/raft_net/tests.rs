@@ -111,20 +111,29 @@ async fn replicates_over_libp2p_snapshots_new_members_and_survives_leader_loss()
     let voters: BTreeSet<u64> = [p0.id, p1.id, p2.id, p3.id].into();
     lead.raft.change_membership(voters, false).await.unwrap();
 
-    // The leader goes away: the others elect a new one and keep accepting writes.
+    // The leader goes away: the others elect a new one and keep accepting writes. Leadership
+    // can move again while they settle (two candidates at once on a loaded machine), so the
+    // write goes to whichever of them says it leads, until one takes it; its client id makes
+    // a second copy of it (committed after all by a leader that lost its answer) a no-op.
     lead.replica.shutdown().await;
     let rest: Vec<&Peer> = [&p0, &p1, &p2, &p3].into_iter().filter(|p| p.id != lead.id).collect();
-    let m = rest[0]
-        .raft
-        .wait(Some(Duration::from_secs(20)))
-        .metrics(|m| m.current_leader.is_some_and(|l| l != lead.id), "a new leader")
-        .await
-        .unwrap();
-    let new_lead = rest.iter().find(|p| Some(p.id) == m.current_leader).unwrap();
-    assert_eq!(new_lead.raft.metrics().borrow().state, ServerState::Leader);
-    let r = new_lead.raft.client_write(Batch(vec![msg(1000)])).await.unwrap();
+    let mut write = msg(1000);
+    if let Command::SendMessage { client_msg_id, .. } = &mut write {
+        *client_msg_id = Some("after-the-leader-loss".into());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let index = loop {
+        let leading = rest.iter().find(|p| p.raft.metrics().borrow().state == ServerState::Leader);
+        if let Some(p) = leading {
+            if let Ok(r) = p.raft.client_write(Batch(vec![write.clone()])).await {
+                break r.log_id.index;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader took a write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for p in &rest {
-        wait_applied(p, r.log_id.index).await;
+        wait_applied(p, index).await;
         let msgs = p.store.messages(&ChatId::dm("alice", "bob"), 0, 1000).unwrap();
         assert_eq!(msgs.len(), 201);
         assert_eq!(msgs.last().unwrap().seq, 201);
