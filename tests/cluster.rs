@@ -199,5 +199,11 @@ fn no_storage_nodes_never_store_and_a_frozen_coordinator_is_replaced() {
     signal("-CONT", pid);
     // Everyone, the thawed node included, ends up following one coordinator at one epoch.
     let (after, _) = c.wait_settled(Duration::from_secs(30));
+    if after != new_coordinator {
+        for (i, n) in c.nodes.iter().enumerate().filter_map(|(i, n)| Some((i, n.as_ref()?))) {
+            let lines: Vec<String> = n.log_lines().into_iter().filter(|l| l.contains("election")).collect();
+            eprintln!("node {i}'s election log:\n{}", lines.join("\n"));
+        }
+    }
     assert_eq!(after, new_coordinator, "the thawed coordinator steps down");
 }

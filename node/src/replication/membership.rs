@@ -8,8 +8,10 @@
 //!   storage later join as learners instead of starting a second log.
 //! * Afterwards only the Raft leader changes the membership, one change at a time: a new
 //!   storage peer joins as a learner; once it has caught up it is promoted, and voters that
-//!   lost the storage role are dropped in the same joint change. A change that would not keep
-//!   a majority of the current voters is not attempted; one left half done is finished first.
+//!   lost the storage role are dropped in the same joint change, or before the newcomer
+//!   joins if that keeps a majority (a change restarts a snapshot on its way to a learner).
+//!   A change that would not keep a majority of the current voters is not attempted; one left
+//!   half done is finished first.
 //! * Every tick also refreshes the leader's status report (shown by `GET /api/v1/cluster`).
 
 use super::raft_net::{self, Request, Response};
@@ -122,33 +124,36 @@ async fn reconcile(replica: &Replica, storage: &BTreeMap<u64, RaftNode>) {
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
-    if let Some((&id, node)) = storage.iter().find(|(id, _)| !voters.contains(id) && !learners.contains(id)) {
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+    let promote: BTreeSet<u64> = learners
+        .iter()
+        .filter(|id| storage.contains_key(id) && matched(id).is_some_and(|i| i + CAUGHT_UP >= last))
+        .copied()
+        .collect();
+    let drop_voters: BTreeSet<u64> = voters.iter().filter(|id| !storage.contains_key(id)).copied().collect();
+    let stale_learners: BTreeSet<u64> = learners.iter().filter(|id| !storage.contains_key(id)).copied().collect();
+    let newcomer = storage.iter().find(|(id, _)| !voters.contains(id) && !learners.contains(id));
+    let next: BTreeSet<u64> = voters.union(&promote).filter(|id| !drop_voters.contains(id)).copied().collect();
+    let keeps_majority = !next.is_empty() && next.intersection(&voters).count() > voters.len() / 2;
+    // Each change restarts openraft's replication streams, and a snapshot on its way with
+    // them (from its first chunk): so voters that lost the storage role are dropped before a
+    // newcomer is added, not in the middle of its transfer.
+    let voters_first = !drop_voters.is_empty() && keeps_majority;
+    if let Some((&id, node)) = newcomer.filter(|_| !voters_first) {
         tracing::info!(peer = %node.peer_id, "adding storage peer as a learner");
         settle("add learner", raft.add_learner(id, node.clone(), false)).await;
-    } else {
-        let last = m.last_log_index.unwrap_or(0);
-        let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
-        let promote: BTreeSet<u64> = learners
-            .iter()
-            .filter(|id| storage.contains_key(id) && matched(id).is_some_and(|i| i + CAUGHT_UP >= last))
-            .copied()
-            .collect();
-        let drop_voters: BTreeSet<u64> = voters.iter().filter(|id| !storage.contains_key(id)).copied().collect();
-        let stale_learners: BTreeSet<u64> = learners.iter().filter(|id| !storage.contains_key(id)).copied().collect();
-        if !promote.is_empty() || !drop_voters.is_empty() {
-            let next: BTreeSet<u64> = voters.union(&promote).filter(|id| !drop_voters.contains(id)).copied().collect();
-            let kept = next.intersection(&voters).count();
-            if next.is_empty() || kept < voters.len() / 2 + 1 {
-                tracing::warn!(?voters, ?next, "not changing voters: the change would not keep a majority");
-                return;
-            }
-            tracing::info!(?voters, ?next, "changing voters");
-            settle("change voters", raft.change_membership(next, false)).await;
-        } else if !stale_learners.is_empty() {
-            tracing::info!(?stale_learners, "dropping learners that are no longer storage peers");
-            let change = ChangeMembers::RemoveNodes(stale_learners);
-            settle("drop learners", raft.change_membership(change, false)).await;
+    } else if !promote.is_empty() || !drop_voters.is_empty() {
+        if !keeps_majority {
+            tracing::warn!(?voters, ?next, "not changing voters: the change would not keep a majority");
+            return;
         }
+        tracing::info!(?voters, ?next, "changing voters");
+        settle("change voters", raft.change_membership(next, false)).await;
+    } else if !stale_learners.is_empty() {
+        tracing::info!(?stale_learners, "dropping learners that are no longer storage peers");
+        let change = ChangeMembers::RemoveNodes(stale_learners);
+        settle("drop learners", raft.change_membership(change, false)).await;
     }
 }
 
