@@ -11,6 +11,8 @@
 //! heartbeat missing for `timeout`, the coordinator's connection closing, or an election that
 //! has not finished within `2 * timeout` (a stall after a death).
 
+use super::notice::{notice_acceptance, RELAY_HOLD};
+use super::pause::PauseWatch;
 use super::{Action, Election, Input, Msg};
 use crate::overlay::{Client, Event};
 use crate::roles::{self, sign, Candidate};
@@ -123,6 +125,8 @@ struct Driver {
     last_sent_heartbeat: Instant,
     last_presence: Instant,
     last_republish: Instant,
+    /// Whether this process was just paused, so that what it finds queued is old news.
+    pause: PauseWatch,
     internal: mpsc::Sender<Internal>,
     /// Event notices from the events topic, for the node's stream hub.
     notices: mpsc::Sender<Vec<u8>>,
@@ -160,6 +164,7 @@ pub async fn run(
         last_sent_heartbeat: now - cfg.heartbeat,
         last_presence: now - Duration::from_secs(10),
         last_republish: now,
+        pause: PauseWatch::new(cfg.timeout, now),
         internal: itx,
         notices,
         cfg,
@@ -169,15 +174,22 @@ pub async fn run(
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => d.on_event(ev).await,
+                Some(ev) => {
+                    d.watch_pause();
+                    d.on_event(ev).await
+                }
                 None => break,
             },
             Some(Internal::SendFailed { to, msg }) = irx.recv() => {
+                d.watch_pause();
                 tracing::info!(%to, "election successor unreachable; skipping it");
                 let actions = d.machine.handle(Input::SendFailed { to, msg });
                 d.act(actions).await;
             }
-            _ = tick.tick() => d.on_tick().await,
+            _ = tick.tick() => {
+                d.watch_pause();
+                d.on_tick().await
+            }
         }
     }
 }
@@ -185,6 +197,19 @@ pub async fn run(
 impl Driver {
     fn is_coordinator(&self) -> bool {
         self.coordinator == Some(self.me)
+    }
+
+    /// At each turn of the loop: after a pause the coordinator gets a whole timeout to be
+    /// heard again before this node acts on what it missed ([`PauseWatch`]).
+    fn watch_pause(&mut self) {
+        let now = Instant::now();
+        if let Some(gap) = self.pause.turn(now) {
+            tracing::warn!(
+                paused_ms = gap.as_millis() as u64,
+                "this node did not run for a while: listening for the coordinator first"
+            );
+            self.last_heartbeat = now;
+        }
     }
 
     /// Live members (connected, not suspected) and this node, by PeerId bytes.
@@ -212,7 +237,11 @@ impl Driver {
                 self.connected.remove(&p);
                 self.state.peer_down.send_replace(Some(p));
                 self.machine.handle(Input::Membership(self.ring()));
-                if self.coordinator == Some(p) {
+                if self.coordinator == Some(p) && self.pause.quiet(Instant::now()) {
+                    // Its heartbeats may still come through other peers; if they stop, the
+                    // timeout starts the election.
+                    tracing::info!(coordinator = %p, "coordinator's connection closed just after a pause");
+                } else if self.coordinator == Some(p) {
                     tracing::info!(coordinator = %p, "coordinator left; starting an election");
                     self.coordinator = None;
                     self.start_election(false).await;
@@ -376,7 +405,10 @@ impl Driver {
             if now.duration_since(self.last_sent_heartbeat) >= self.cfg.heartbeat {
                 self.publish_heartbeat().await;
             }
-            self.maybe_reassign().await;
+            // After a pause its view of who is alive is stale (and it may have been replaced).
+            if !self.pause.quiet(now) {
+                self.maybe_reassign().await;
+            }
             if now.duration_since(self.last_republish) >= Duration::from_secs(5) {
                 self.republish().await;
             }
@@ -552,49 +584,5 @@ impl Driver {
             // Normal while alone or before the first subscription exchange.
             tracing::trace!(error = %e, "control publish failed");
         }
-    }
-}
-
-/// How long an accepted event notice waits before this node relays it to its mesh peers (it is
-/// handed to the local streams at once). The leader sends each notice straight to every
-/// subscriber, and each subscriber tells its mesh peers on receipt that it has the notice
-/// (gossipsub v1.2 IDONTWANT). Relaying at once crossed those announcements on the wire, so
-/// every input node received, and checked the signature of, a second copy from each mesh peer.
-/// After the hold the announcements have arrived and gossipsub skips those peers; a node the
-/// leader cannot reach directly still gets the notice, this much later.
-const RELAY_HOLD: Duration = Duration::from_millis(5);
-
-/// Event notices carry events that streams push to clients as they are, so only a storage
-/// peer of the assignment in force (the Raft leader is one) may publish them. Anything else is
-/// ignored: not passed on, and its forwarder not penalised (it may be an honest relay, or the
-/// notice may predate an assignment change; the streams' poll covers a lost notice).
-fn notice_acceptance(assignment: Option<&RoleAssignment>, source: &PeerId) -> MessageAcceptance {
-    let source = source.to_base58();
-    if assignment.is_some_and(|a| a.holders(Role::Storage).any(|p| p == source)) {
-        MessageAcceptance::Accept
-    } else {
-        MessageAcceptance::Ignore
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_storage_peers_may_publish_event_notices() {
-        let (storage, input) = (PeerId::random(), PeerId::random());
-        let member = |p: &PeerId, roles: Vec<Role>| Member { peer_id: p.to_base58(), http: None, roles };
-        let assignment = RoleAssignment {
-            epoch: 1,
-            round: 1,
-            coordinator: storage.to_base58(),
-            members: vec![member(&storage, vec![Role::Storage, Role::Input]), member(&input, vec![Role::Input])],
-            ..Default::default()
-        };
-        assert_eq!(notice_acceptance(Some(&assignment), &storage), MessageAcceptance::Accept);
-        assert_eq!(notice_acceptance(Some(&assignment), &input), MessageAcceptance::Ignore);
-        assert_eq!(notice_acceptance(Some(&assignment), &PeerId::random()), MessageAcceptance::Ignore);
-        assert_eq!(notice_acceptance(None, &storage), MessageAcceptance::Ignore, "no assignment yet");
     }
 }

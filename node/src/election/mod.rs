@@ -14,6 +14,8 @@
 //! dead node) end with the driver's timeout, which starts a new round.
 
 pub mod driver;
+mod notice;
+mod pause;
 #[cfg(test)]
 mod sim;
 
