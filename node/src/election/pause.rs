@@ -5,7 +5,7 @@
 //! finds queued is old news: connections its own timers now declare dead, a coordinator's
 //! heartbeat last heard before the pause. Acting on that, a thawed node started an election
 //! while the coordinator elected in its absence was alive, and being the highest id it took
-//! the role back (1 run in 8 of the frozen-coordinator cluster test under load). So for one
+//! the role back (4 runs in 27 of the frozen-coordinator cluster test under load). So for one
 //! timeout after a pause the node waits to hear the coordinator instead.
 
 use std::time::{Duration, Instant};
