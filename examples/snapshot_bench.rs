@@ -34,7 +34,7 @@
 #[allow(dead_code)] // this bench uses a few of the shared helpers
 mod load;
 
-use chorus_node::testkit::{incompressible, signal, LocalCluster};
+use chorus_node::testkit::{incompressible, InstallStall, LocalCluster};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -147,15 +147,15 @@ async fn main() {
     let killed = Instant::now();
     c.kill9(lost);
     let stall = (stall_install_seconds > 0).then(|| {
-        let n = c.nodes[newcomer].as_ref().expect("newcomer");
-        stall_install(n.data_dir().join("db").join("snapshots"), n.pid(), stall_install_seconds)
+        let (n, ms) = (c.nodes[newcomer].as_ref().expect("newcomer"), Duration::from_millis);
+        InstallStall::start(n, Duration::from_secs(600), Duration::from_secs(stall_install_seconds), ms(1500), ms(100))
     });
     let installed = c.wait_until("the newcomer to catch up by snapshot", wait, |c| {
         let r = c.raft_view(newcomer)?;
         (r.snapshots_installed >= 1 && c.raft_ready(3).is_some()).then_some(r)
     });
     let catch_up_s = killed.elapsed().as_secs_f64();
-    let stalled = stall.map(|t| t.join().expect("stall thread"));
+    let stalled = stall.map(InstallStall::join);
     for (who, i) in [("leader", leader), ("newcomer", newcomer)] {
         let lines = c.nodes[i].as_ref().map(|n| n.log_lines()).unwrap_or_default();
         for line in lines.iter().filter(|l| l.contains("snapshot")) {
@@ -181,33 +181,6 @@ async fn main() {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-}
-
-/// `--stall-install-seconds`: waits (up to 10 minutes) for process `pid` to begin installing
-/// a snapshot (its copy in `snapshots`, `installing-*.tmp`), then stops it 1.5 s out of every
-/// 1.6 s for `seconds`. Returns when the stall began.
-fn stall_install(snapshots: std::path::PathBuf, pid: u32, seconds: u64) -> std::thread::JoinHandle<Option<Instant>> {
-    std::thread::spawn(move || {
-        let installing = || {
-            let entries = std::fs::read_dir(&snapshots).ok()?;
-            entries.flatten().find(|e| e.file_name().to_string_lossy().starts_with("installing-"))
-        };
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while installing().is_none() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let began = Instant::now();
-        while began.elapsed() < Duration::from_secs(seconds) {
-            signal("-STOP", pid);
-            std::thread::sleep(Duration::from_millis(1500));
-            signal("-CONT", pid);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(began)
-    })
 }
 
 /// Node `i`'s peak RSS so far, MiB (0 if it is not running).

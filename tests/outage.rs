@@ -13,13 +13,11 @@
 
 mod common;
 
-use chorus_node::testkit::{get_json, incompressible, signal, LocalCluster};
+use chorus_node::testkit::{get_json, incompressible, signal, InstallStall, LocalCluster};
 use common::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -286,54 +284,19 @@ async fn a_snapshot_install_slower_than_a_chunk_deadline_is_waited_for_not_sent_
         c.raft_view(leader).filter(|r| r.snapshot_index * 5 >= uploaded * 4 && r.purged_index > 0)
     });
 
-    // The newcomer's transfers, polled until the stall begins (it cannot answer during it).
-    let n = c.nodes[newcomer].as_ref().unwrap();
-    let (view_url, pid) = (format!("{}/api/v1/cluster", n.url), n.pid());
-    let snapshots = n.data_dir().join("db").join("snapshots");
-    let transfers = Arc::new(AtomicU64::new(0));
-    let (stalling, stalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let poll = {
-        let (transfers, stalling) = (transfers.clone(), stalling.clone());
-        std::thread::spawn(move || {
-            while !stalling.load(Ordering::SeqCst) {
-                if let Some(v) = get_json::<chorus_protocol::api::ClusterView>(&view_url) {
-                    transfers.store(v.raft.map_or(0, |r| r.snapshot_transfers), Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
-    let stall = {
-        let (stalling, stalled) = (stalling.clone(), stalled.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + SETTLE;
-            let installing = || {
-                std::fs::read_dir(&snapshots)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("installing-"))
-            };
-            while !installing() {
-                assert!(Instant::now() < deadline, "the newcomer never began to install a snapshot");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            signal("-STOP", pid);
-            stalling.store(true, Ordering::SeqCst);
-            let began = Instant::now();
-            while began.elapsed() < Duration::from_secs(15) {
-                std::thread::sleep(Duration::from_millis(1500));
-                signal("-CONT", pid);
-                std::thread::sleep(Duration::from_millis(50));
-                signal("-STOP", pid);
-            }
-            signal("-CONT", pid);
-            stalled.store(true, Ordering::SeqCst);
-        })
-    };
+    let (ms, n) = (Duration::from_millis, c.nodes[newcomer].as_ref().unwrap());
+    let stall = InstallStall::start(n, SETTLE, Duration::from_secs(15), ms(1500), ms(50));
     let lost = *storage.iter().find(|i| **i != leader).unwrap();
     c.kill9(lost);
-    c.wait_until("the newcomer's install to stall", SETTLE, |_| stalling.load(Ordering::SeqCst).then_some(()));
+    // The newcomer's transfers, polled until the stall begins (it cannot answer during it).
+    let mut before = 0;
+    c.wait_until("the newcomer's install to stall", SETTLE, |c| {
+        if stall.began().is_some() {
+            return Some(());
+        }
+        before = c.raft_view(newcomer).map_or(before, |r| r.snapshot_transfers);
+        None
+    });
     // Writes while it is stalled, and a snapshot well past everything it can have been sent.
     // The log's bytes are RocksDB's estimate of its files, so what is only in a memtable
     // (16 MiB) counts as nothing: 20 MiB make sure some of the new entries are in files, and
@@ -343,14 +306,13 @@ async fn a_snapshot_install_slower_than_a_chunk_deadline_is_waited_for_not_sent_
     c.wait_until("a snapshot well past the one on its way", SETTLE, |c| {
         c.raft_view(leader).filter(|r| r.snapshot_index > sent_at_most + 8)
     });
-    assert!(!stalled.load(Ordering::SeqCst), "the leader snapshotted past the transfer only after the stall");
+    assert!(!stall.is_over(), "the leader snapshotted past the transfer only after the stall");
     c.wait_until("the newcomer to be a caught-up voter", SETTLE * 2, |c| {
         c.raft_ready(3)?;
         c.raft_view(newcomer).filter(|r| r.snapshots_installed >= 1 && r.state == "follower")
     });
-    stall.join().expect("the stall");
-    poll.join().unwrap();
-    let (before, after) = (transfers.load(Ordering::SeqCst), c.raft_view(newcomer).unwrap().snapshot_transfers);
+    stall.join().expect("the stall began");
+    let after = c.raft_view(newcomer).unwrap().snapshot_transfers;
     assert!(before >= 1, "a transfer was seen before the install");
     if after != before {
         // What each side said about the transfers, for whoever reads a failure.
