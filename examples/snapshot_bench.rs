@@ -28,12 +28,19 @@
 //! target/release/examples/snapshot_bench --mib 1024 --chat-seconds 180 [--snapshot-every 20000]
 //! target/release/examples/snapshot_bench --restart --mib 1024 --chat-seconds 20 --snapshot-every 1000 [--retain-log-mib 0]
 //! target/release/examples/snapshot_bench --mib 1024 --stall-install-seconds 20
+//! target/release/examples/snapshot_bench --mib 64 --snapshot-log-mib 32 --retain-log-mib 0
 //! ```
+//!
+//! Without `--snapshot-every`, the uploads must take the log past the nodes' snapshot trigger
+//! (`--snapshot-log-mib`, 256 MiB unless given) by half, and the log the nodes keep before a
+//! snapshot (`--retain-log-mib`, 256 MiB unless given) must not exceed that trigger; else the
+//! bench refuses to start, instead of waiting for a snapshot (or an install) that never comes.
 
 #[path = "load/mod.rs"]
 #[allow(dead_code)] // this bench uses a few of the shared helpers
 mod load;
 
+use chorus_node::config::{DEFAULT_RETAIN_LOG_MIB, DEFAULT_SNAPSHOT_LOG_MIB};
 use chorus_node::testkit::{incompressible, InstallStall, LocalCluster};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -56,6 +63,9 @@ struct Args {
     /// Passed on to the nodes: MiB of log kept before a snapshot.
     #[arg(long)]
     retain_log_mib: Option<u64>,
+    /// Passed on to the nodes: snapshot once the log grew by this many MiB (theirs: 256).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    snapshot_log_mib: Option<u64>,
     /// Restart a follower of a 3-node cluster across a snapshot instead of replacing one.
     #[arg(long)]
     restart: bool,
@@ -64,6 +74,46 @@ struct Args {
     /// shorter than the coordinator's 2 s and the pings' 3 s timeouts) for that long.
     #[arg(long, default_value_t = 0)]
     stall_install_seconds: u64,
+}
+
+impl Args {
+    /// Refuses a run that would wait minutes for a snapshot that never comes.
+    fn check(&self) -> Result<(), String> {
+        if self.snapshot_every.is_some() {
+            return Ok(()); // snapshots by entries come whatever the bytes
+        }
+        if self.restart {
+            // The chat writes ~200 bytes of log per message: 256 MiB is many minutes of it.
+            return match self.snapshot_log_mib {
+                Some(_) => Ok(()),
+                None => Err("--restart needs --snapshot-every or --snapshot-log-mib, so that the chat \
+                             snapshots past the stopped peer's log within minutes"
+                    .into()),
+            };
+        }
+        // The bench waits for the leader's snapshot after the uploads. The storage peers build
+        // one after another (`snapshot_due`): the last of three once the log grew by 4/3 of the
+        // trigger, and the leader may be any of them. The uploads' log must pass that.
+        let trigger = self.snapshot_log_mib.unwrap_or(DEFAULT_SNAPSHOT_LOG_MIB);
+        let needed = trigger + trigger / 2;
+        if self.mib < needed {
+            return Err(format!(
+                "--mib {} does not reach a snapshot: the nodes snapshot once the log grows by {trigger} MiB; \
+                 give --mib {needed} or more, or a lower --snapshot-log-mib, or --snapshot-every",
+                self.mib
+            ));
+        }
+        // The newcomer is sent the snapshot only if the leader purged its log: it keeps the
+        // newest `--retain-log-mib` before the snapshot, which must be less than the log.
+        let retain = self.retain_log_mib.unwrap_or(DEFAULT_RETAIN_LOG_MIB);
+        if retain > trigger {
+            return Err(format!(
+                "--retain-log-mib {retain} keeps the whole log before a snapshot at {trigger} MiB, so the \
+                 newcomer would catch up from the log: give --retain-log-mib {trigger} or less"
+            ));
+        }
+        Ok(())
+    }
 }
 
 const FLAGS: &[&str] = &[
@@ -79,10 +129,26 @@ const FLAGS: &[&str] = &[
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let Args { mib, file_mib, chat_seconds, snapshot_every, retain_log_mib, restart, stall_install_seconds } =
-        clap::Parser::parse();
+    let args: Args = clap::Parser::parse();
+    if let Err(e) = args.check() {
+        clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{e}\n")).exit();
+    }
+    let Args {
+        mib,
+        file_mib,
+        chat_seconds,
+        snapshot_every,
+        retain_log_mib,
+        snapshot_log_mib,
+        restart,
+        stall_install_seconds,
+    } = args;
     load::settle_disk();
-    let passed = [("--snapshot-every", snapshot_every), ("--retain-log-mib", retain_log_mib)];
+    let passed = [
+        ("--snapshot-every", snapshot_every),
+        ("--retain-log-mib", retain_log_mib),
+        ("--snapshot-log-mib", snapshot_log_mib),
+    ];
     let passed: Vec<String> =
         passed.iter().filter_map(|(f, v)| Some([f.to_string(), (*v)?.to_string()])).flatten().collect();
     let flags: Vec<&str> = FLAGS.iter().copied().chain(passed.iter().map(String::as_str)).collect();
@@ -126,6 +192,7 @@ async fn main() {
         "upload_seconds_each": { "p50": load::pct(&each, 0.5) / 1e3, "max": load::pct(&each, 1.0) / 1e3 },
         "snapshot_every": snapshot_every,
         "retain_log_mib": retain_log_mib,
+        "snapshot_log_mib": snapshot_log_mib,
     });
     if restart {
         return restart_across_a_snapshot(&mut c, &http, leader, &storage, chat_seconds, uploads).await;
@@ -137,7 +204,7 @@ async fn main() {
     } else {
         None
     };
-    // The leader has a snapshot (the uploads' bytes trigger one past 256 MiB).
+    // The leader has a snapshot (the uploads' bytes pass the trigger: `Args::check`).
     let stored = c.wait_until("a snapshot on the leader", wait, |c| {
         let r = c.raft_view(leader)?;
         (r.snapshot_index > 0).then_some(r.snapshot_index)

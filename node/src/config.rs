@@ -8,6 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `--snapshot-log-mib` unless given.
+pub const DEFAULT_SNAPSHOT_LOG_MIB: u64 = 256;
+/// `--retain-log-mib` unless given.
+pub const DEFAULT_RETAIN_LOG_MIB: u64 = 256;
+
 /// `chorus-node`: one peer of a Chorus cluster.
 #[derive(Debug, Parser)]
 #[command(name = "chorus-node", version, about)]
@@ -108,12 +113,12 @@ pub struct RunConfig {
     pub snapshot_every: Option<u64>,
     /// Snapshot once the log grew by this many MiB since the last snapshot, or by that
     /// snapshot's size if it is larger: the copying stays proportional to what is written.
-    #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", default_value_t = DEFAULT_SNAPSHOT_LOG_MIB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub snapshot_log_mib: u64,
     /// MiB of the newest log before its snapshot that a storage peer keeps, so that a peer
     /// behind the snapshot (restarted, paused, slow) catches up from the log instead of by a
     /// copy of the whole state. 0: purge the log up to each snapshot.
-    #[arg(long, env = "CHORUS_RETAIN_LOG_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    #[arg(long, env = "CHORUS_RETAIN_LOG_MIB", default_value_t = DEFAULT_RETAIN_LOG_MIB, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     pub retain_log_mib: u64,
     /// KiB per snapshot chunk sent to a storage peer that needs a snapshot.
     #[arg(long, env = "CHORUS_SNAPSHOT_CHUNK_KIB", default_value_t = (crate::replication::DEFAULT_SNAPSHOT_CHUNK >> 10) as u32,
