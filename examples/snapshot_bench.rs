@@ -57,14 +57,16 @@ struct Args {
     /// Seconds of chat (64 senders, closed loop) after the uploads; 0: none.
     #[arg(long, default_value_t = 0)]
     chat_seconds: u64,
+    // These three also read the nodes' own variables, which the nodes would inherit anyway:
+    // `Args::check` must see what the nodes will use.
     /// Passed on to the nodes: also snapshot every this many entries.
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
-    /// Passed on to the nodes: MiB of log kept before a snapshot.
-    #[arg(long)]
+    /// Passed on to the nodes: MiB of log kept before a snapshot (theirs: 256).
+    #[arg(long, env = "CHORUS_RETAIN_LOG_MIB")]
     retain_log_mib: Option<u64>,
     /// Passed on to the nodes: snapshot once the log grew by this many MiB (theirs: 256).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(long, env = "CHORUS_SNAPSHOT_LOG_MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     snapshot_log_mib: Option<u64>,
     /// Restart a follower of a 3-node cluster across a snapshot instead of replacing one.
     #[arg(long)]
