@@ -48,6 +48,21 @@ pub enum CliCommand {
         /// libp2p port of node 0 (node i: +i); the others bootstrap from node 0.
         #[arg(long, default_value_t = 7000)]
         p2p_port: u16,
+        /// Port of the gateway in front of the nodes (one address for the whole cluster);
+        /// 0: none.
+        #[arg(long, default_value_t = 8000)]
+        gateway_port: u16,
+    },
+    /// Run the name server: one HTTP address for the whole cluster that forwards every request
+    /// (event streams included) to a live input node.
+    Gateway {
+        /// HTTP listen address.
+        #[arg(long, env = "CHORUS_GATEWAY_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// HTTP address of a node to learn the cluster from (repeatable); the gateway then
+        /// follows the coordinator's assignment.
+        #[arg(long = "node", env = "CHORUS_GATEWAY_NODES", value_delimiter = ',', required = true)]
+        nodes: Vec<SocketAddr>,
     },
     /// Print a digest of the stored data as JSON (the node must be stopped).
     Inspect {
@@ -81,6 +96,10 @@ pub struct RunConfig {
     /// Registrations per client address per minute (0: unlimited).
     #[arg(long, env = "CHORUS_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
     pub registrations_per_minute: u32,
+    /// Address of a proxy (a `chorus-node gateway`) whose `X-Forwarded-For` names the client
+    /// for per-address limits (repeatable). Anyone else's is ignored.
+    #[arg(long, env = "CHORUS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
     /// libp2p listen address (repeatable).
     #[arg(long, env = "CHORUS_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0", value_delimiter = ',')]
     pub listen: Vec<Multiaddr>,
@@ -157,6 +176,7 @@ impl RunConfig {
             user_rps: self.user_rps,
             logins_per_minute: self.logins_per_minute,
             registrations_per_minute: self.registrations_per_minute,
+            trusted_proxies: self.trusted_proxy.clone(),
         }
     }
 }

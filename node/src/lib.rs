@@ -10,6 +10,7 @@
 //! overlay      libp2p swarm (one event loop owns it) and the node key
 //! election     Chang-Roberts as a pure state machine + the driver (heartbeats, assignments)
 //! roles        role policy (pure) and signed assignments
+//! gateway      the name server: one HTTP address that forwards to live input nodes
 //! config       flags and CHORUS_* environment fallbacks
 //! testkit      spawn real chorus-node processes (tests, benches)
 //! node         wiring: start every part, serve, shut down in order
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod config;
 pub mod election;
+pub mod gateway;
 mod node;
 pub mod overlay;
 pub mod replication;

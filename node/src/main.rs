@@ -35,8 +35,16 @@ fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        CliCommand::Cluster { nodes, data_dir, http_port, p2p_port } => {
-            local_cluster(nodes, &data_dir, http_port, p2p_port)
+        CliCommand::Cluster { nodes, data_dir, http_port, p2p_port, gateway_port } => {
+            local_cluster(nodes, &data_dir, http_port, p2p_port, gateway_port)
+        }
+        CliCommand::Gateway { listen, nodes } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                chorus_node::gateway::serve(listener, nodes, shutdown_signal()).await
+            })?;
+            Ok(())
         }
         CliCommand::Run(config) => {
             // Blocking threads serve RocksDB reads and argon2; a small pool bounds memory (each
@@ -70,8 +78,15 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// `chorus-node cluster`: spawns `nodes` copies of this binary and stops them on Ctrl-C.
-fn local_cluster(nodes: u16, data_dir: &std::path::Path, http_port: u16, p2p_port: u16) -> anyhow::Result<()> {
+/// `chorus-node cluster`: spawns `nodes` copies of this binary (and a gateway in front of them)
+/// and stops them on Ctrl-C.
+fn local_cluster(
+    nodes: u16,
+    data_dir: &std::path::Path,
+    http_port: u16,
+    p2p_port: u16,
+    gateway_port: u16,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("locate chorus-node")?;
     let seed = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
@@ -86,8 +101,18 @@ fn local_cluster(nodes: u16, data_dir: &std::path::Path, http_port: u16, p2p_por
         if i > 0 {
             cmd.args(["--bootstrap", &seed]);
         }
+        if gateway_port != 0 {
+            cmd.args(["--trusted-proxy", "127.0.0.1"]);
+        }
         children.push(cmd.spawn().with_context(|| format!("start node {i}"))?);
         eprintln!("node {i}: http://127.0.0.1:{}  data {}", http_port + i, dir.display());
+    }
+    if gateway_port != 0 {
+        let all: Vec<String> = (0..nodes).map(|i| format!("127.0.0.1:{}", http_port + i)).collect();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["gateway", "--listen", &format!("127.0.0.1:{gateway_port}"), "--node", &all.join(",")]);
+        children.push(cmd.spawn().context("start the gateway")?);
+        eprintln!("gateway: http://127.0.0.1:{gateway_port}  (one address for the whole cluster)");
     }
     eprintln!("cluster of {nodes} running; Ctrl-C stops it");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

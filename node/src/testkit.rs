@@ -59,11 +59,23 @@ impl NodeProc {
             }
             None => Command::new(node_bin()),
         };
+        cmd.args(["run", "--data-dir"]).arg(data_dir).args(["--http", "127.0.0.1:0"]).args(extra);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `chorus-node gateway` in front of the nodes at `nodes` (HTTP base URLs), on a
+    /// free port. `data_dir` is only reported back (a gateway keeps no data).
+    pub fn gateway(nodes: &[&str], data_dir: &Path) -> NodeProc {
+        let nodes: Vec<&str> = nodes.iter().map(|u| u.trim_start_matches("http://")).collect();
+        let mut cmd = Command::new(node_bin());
+        cmd.args(["gateway", "--listen", "127.0.0.1:0", "--node", &nodes.join(",")]);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Spawns `cmd` (a `chorus-node` subcommand that logs "chorus-node serving ... http=ADDR")
+    /// and waits for that line.
+    fn spawn(mut cmd: Command, data_dir: &Path) -> NodeProc {
         let mut child = cmd
-            .args(["run", "--data-dir"])
-            .arg(data_dir)
-            .args(["--http", "127.0.0.1:0"])
-            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -5,22 +5,23 @@ use super::extract::{Json, P};
 use super::AppState;
 use crate::service::Caller;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{Extensions, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chorus_protocol::api::{LoginRequest, Profile, RegisterRequest, SessionResponse};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// The client's address (unspecified when served without connection info, as in router tests).
-pub(super) fn client_ip(ext: &Extensions) -> IpAddr {
+/// The connection's peer (unspecified when served without connection info, as in router tests).
+fn peer_ip(ext: &Extensions) -> IpAddr {
     ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 pub(super) async fn register(
     State(st): State<AppState>,
     ext: Extensions,
+    headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, axum::Json<Profile>), ApiError> {
-    st.limits.check_register(client_ip(&ext))?;
+    st.limits.check_register(st.limits.client_ip(peer_ip(&ext), &headers))?;
     Ok((StatusCode::CREATED, axum::Json(st.service.register(req).await?)))
 }
 

@@ -2,6 +2,7 @@
 //! address, and authenticated requests per user. Each refusal is a 429 and changes nothing.
 
 use super::error::ApiError;
+use axum::http::HeaderMap;
 use chorus_protocol::api::ErrorCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
@@ -9,7 +10,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// Rate-limit settings (requests per second, burst).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LimitConfig {
     /// Authenticated requests per user per second (0: unlimited).
     pub user_rps: u32,
@@ -17,11 +18,13 @@ pub struct LimitConfig {
     pub logins_per_minute: u32,
     /// Registrations per client address per minute.
     pub registrations_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for LimitConfig {
     fn default() -> Self {
-        Self { user_rps: 200, logins_per_minute: 10, registrations_per_minute: 30 }
+        Self { user_rps: 200, logins_per_minute: 10, registrations_per_minute: 30, trusted_proxies: Vec::new() }
     }
 }
 
@@ -31,6 +34,7 @@ pub struct Limits {
     user: Option<DefaultKeyedRateLimiter<String>>,
     login: Option<DefaultKeyedRateLimiter<String>>,
     register: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    trusted_proxies: Vec<IpAddr>,
 }
 
 fn keyed<K: std::hash::Hash + Eq + Clone>(per: Duration, n: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -50,7 +54,32 @@ impl Limits {
             user: keyed(Duration::from_secs(1), cfg.user_rps),
             login: keyed(Duration::from_secs(60), cfg.logins_per_minute),
             register: keyed(Duration::from_secs(60), cfg.registrations_per_minute),
+            trusted_proxies: cfg.trusted_proxies,
         }
+    }
+
+    /// The client behind a connection from `peer`: past trusted proxies, the address the
+    /// nearest of them put last in `X-Forwarded-For` (a client can prepend entries of its
+    /// own, never append one after the proxy's).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let mut client = peer;
+        for hop in forwarded.iter().rev() {
+            if !self.trusted_proxies.contains(&client) {
+                break;
+            }
+            match hop.parse() {
+                Ok(ip) => client = ip,
+                Err(_) => break,
+            }
+        }
+        client
     }
 
     /// One authenticated request by `user`.
@@ -88,5 +117,22 @@ impl Limits {
         if let Some(l) = &self.register {
             l.retain_recent();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_behind_trusted_proxies() {
+        let gateway: IpAddr = "10.0.0.1".parse().unwrap();
+        let limits = Limits::new(LimitConfig { trusted_proxies: vec![gateway], ..Default::default() });
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 192.0.2.7".parse().unwrap());
+        assert_eq!(limits.client_ip(gateway, &h), "192.0.2.7".parse::<IpAddr>().unwrap(), "the gateway's entry");
+        let stranger: IpAddr = "192.0.2.99".parse().unwrap();
+        assert_eq!(limits.client_ip(stranger, &h), stranger, "a client's own header is ignored");
+        assert_eq!(limits.client_ip(gateway, &HeaderMap::new()), gateway);
     }
 }

@@ -52,7 +52,12 @@ async fn app_with(config: ServiceConfig, limits: limits::LimitConfig) -> App {
 }
 
 async fn app() -> App {
-    let limits = limits::LimitConfig { user_rps: 0, logins_per_minute: 1000, registrations_per_minute: 1000 };
+    let limits = limits::LimitConfig {
+        user_rps: 0,
+        logins_per_minute: 1000,
+        registrations_per_minute: 1000,
+        ..Default::default()
+    };
     app_with(ServiceConfig::default(), limits).await
 }
 
@@ -556,7 +561,7 @@ async fn operations_and_pages() {
 async fn rate_limits_answer_429() {
     let app = app_with(
         ServiceConfig::default(),
-        limits::LimitConfig { user_rps: 5, logins_per_minute: 3, registrations_per_minute: 100 },
+        limits::LimitConfig { user_rps: 5, logins_per_minute: 3, registrations_per_minute: 100, ..Default::default() },
     )
     .await;
     let token = app.user("alice").await; // one login used
