@@ -4,10 +4,12 @@
 //! friends, and has each sender post DMs to its partner for `--seconds` (as fast as acks come
 //! back, or paced to `--rate` msg/s in total). Then reads history. Prints one JSON document:
 //! acked messages/s, send latency p50/p99/p999, history read latency, the node's peak RSS.
+//! With `--gateway`, every request goes through a `chorus-node gateway` in front of the node:
+//! what the extra hop costs (its CPU per message is in the JSON).
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
-//! target/release/examples/bench --senders 64 --seconds 10
+//! target/release/examples/bench --senders 64 --seconds 10 [--gateway]
 //! ```
 
 #[path = "load/mod.rs"]
@@ -30,6 +32,9 @@ struct Args {
     /// Pace the senders to this many messages per second (default: closed loop).
     #[arg(long, value_parser = load::positive)]
     rate: Option<f64>,
+    /// Send through a gateway in front of the node.
+    #[arg(long)]
+    gateway: bool,
 }
 
 #[tokio::main]
@@ -43,12 +48,14 @@ async fn main() {
         dir.path(),
         &["--user-rps", "0", "--logins-per-minute", "0", "--registrations-per-minute", "0"],
     );
-    let base = node.url.clone();
+    let gateway = args.gateway.then(|| NodeProc::gateway(&[&node.url], dir.path()));
+    let base = gateway.as_ref().map_or(&node.url, |g| &g.url).clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(senders * 2).build().expect("client");
 
     let bases = vec![base.clone()];
     let tokens = load::users(&http, &bases, "user", senders).await;
     let cpu_before = load::cpu_time(node.pid());
+    let gateway_cpu_before = gateway.as_ref().and_then(|g| load::cpu_time(g.pid()));
     let out = load::run(
         &http,
         &bases,
@@ -58,6 +65,8 @@ async fn main() {
     )
     .await;
     let node_cpu = cpu_before.zip(load::cpu_time(node.pid())).map(|(b, a)| a - b);
+    let gateway_cpu =
+        gateway_cpu_before.zip(gateway.as_ref().and_then(|g| load::cpu_time(g.pid()))).map(|(b, a)| a - b);
 
     // History reads: the newest 50 messages of a busy DM, repeatedly.
     let mut hist = Vec::new();
@@ -96,7 +105,9 @@ async fn main() {
     report["target_rate"] = json!(args.rate);
     report["history_read_ms"] = json!({"reads": hist.len(), "p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99)});
     report["node_peak_rss_mib"] = json!(peak_rss_kib(node.pid()) as f64 / 1024.0);
-    report["node_cpu_us_per_msg"] = json!(node_cpu.map(|c| c.as_secs_f64() * 1e6 / out.latency.len().max(1) as f64));
+    let per_msg = |cpu: Option<Duration>| cpu.map(|c| c.as_secs_f64() * 1e6 / out.latency.len().max(1) as f64);
+    report["node_cpu_us_per_msg"] = json!(per_msg(node_cpu));
+    report["gateway_cpu_us_per_msg"] = json!(per_msg(gateway_cpu));
     report["commands_per_batch"] = json!(if batches > 0.0 { messages / batches } else { 0.0 });
     report["wal_sync_mean_ms"] = json!(mean_ms("chorus_raft_wal_sync_duration_seconds"));
     report["commit_mean_ms"] = json!(mean_ms("chorus_raft_commit_duration_seconds"));
