@@ -32,7 +32,7 @@ use chorus_protocol::api::{ClusterView, ErrorBody, ErrorDetail};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 pub const REFRESH: Duration = Duration::from_secs(1);
 /// How long a node that refused a connection is skipped.
 pub const SKIP_FOR: Duration = Duration::from_secs(2);
+/// How long a stopping gateway lets open requests (event streams) finish.
+const DRAIN: Duration = Duration::from_secs(5);
 /// Longest wait for a TCP connection to a node (a host that is gone drops packets).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for a node's `/api/v1/cluster`.
@@ -129,9 +131,29 @@ pub async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // Graceful shutdown waits for every open request, and an event stream never ends by
+    // itself: past DRAIN after the signal, the streams still open are cut.
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let cut = async move {
+        match stopping.await {
+            Ok(()) => tokio::time::sleep(DRAIN).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = served => served,
+        () = cut => {
+            tracing::info!("stopping: cut the streams still open");
+            Ok(())
+        }
+    };
     refresher.abort();
     served
 }
