@@ -2,12 +2,14 @@
 //! (3 storage peers, 1 input node) learns the cluster from one seed, sends requests to the
 //! input node, streams events (SSE and WebSocket) through, and when the input node is
 //! `kill -9`ed the very next requests are served by the others. With no node left it answers
-//! 503. A gateway told to stop does not wait for open event streams forever.
+//! 503. A gateway told to stop does not wait for open event streams forever. A node tells
+//! the others (and so the gateway) the HTTP address it is given to advertise.
 
 mod common;
 
 use chorus_node::gateway::NODE_HEADER;
-use chorus_node::testkit::{LocalCluster, NodeProc};
+use chorus_node::testkit::{get_json, wait_for, LocalCluster, NodeProc};
+use chorus_protocol::api::ClusterView;
 use common::Api;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -121,4 +123,16 @@ async fn one_address_serves_every_route_and_outlives_its_input_node() {
     assert_eq!((status, node), (503, None));
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
+}
+
+#[test]
+fn a_node_advertises_the_http_address_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(dir.path(), &["--advertise-http", "192.0.2.10:8080"]);
+    let url = format!("{}/api/v1/cluster", node.url);
+    let view: ClusterView = wait_for("the node's own assignment", SETTLE, || {
+        get_json::<ClusterView>(&url).filter(|v| !v.members.is_empty())
+    });
+    assert_eq!(view.this.http.as_deref(), Some("192.0.2.10:8080"));
+    assert_eq!(view.members[0].http.as_deref(), Some("192.0.2.10:8080"), "what a gateway reads");
 }

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the node.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Print this node's PeerId (creates the key if needed).
     Id {
         /// Data directory.
@@ -81,6 +81,10 @@ pub struct RunConfig {
     /// HTTP listen address.
     #[arg(long, env = "CHORUS_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// The HTTP address other nodes and gateways are told to use (default: the bound one;
+    /// give it when binding 0.0.0.0).
+    #[arg(long, env = "CHORUS_ADVERTISE_HTTP")]
+    pub advertise_http: Option<SocketAddr>,
     /// Largest file upload in bytes.
     #[arg(long, env = "CHORUS_MAX_FILE_SIZE", default_value_t = 50 * 1024 * 1024)]
     pub max_file_size: u64,

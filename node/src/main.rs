@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
                 rt.worker_threads(n.into());
             }
             let rt = rt.enable_all().max_blocking_threads(16).build()?;
-            rt.block_on(chorus_node::run(config, shutdown_signal()))?;
+            rt.block_on(chorus_node::run(*config, shutdown_signal()))?;
             Ok(())
         }
     }

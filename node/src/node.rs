@@ -151,6 +151,15 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
     let listener =
         tokio::net::TcpListener::bind(config.http).await.map_err(io(format!("bind HTTP {}", config.http)))?;
     let http = listener.local_addr().map_err(io("local address"))?;
+    // What other nodes, gateways and clients are told to use: a wildcard bind is no address.
+    let advertised = match config.advertise_http {
+        Some(a) => a.to_string(),
+        None if http.ip().is_unspecified() => {
+            tracing::warn!(%http, "HTTP bound to a wildcard address: give --advertise-http so that gateways can reach it");
+            http.to_string()
+        }
+        None => http.to_string(),
+    };
     let overlay_cfg = OverlayConfig {
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
@@ -179,13 +188,13 @@ async fn serve(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 's
         heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(50)),
         timeout: std::time::Duration::from_millis(config.election_timeout_ms.max(200)),
         storage_replicas: config.storage_replicas.max(1),
-        http: http.to_string(),
+        http: advertised.clone(),
         no_storage: config.no_storage,
     };
     let driver_task = tokio::spawn(driver::run(key, driver_cfg, client, events, cluster_state.clone(), notice_tx));
     let cluster = Arc::new(Cluster {
         peer_id: peer_id.clone(),
-        http: http.to_string(),
+        http: advertised,
         state: cluster_state,
         replica: replica.clone(),
     });
