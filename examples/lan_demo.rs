@@ -12,7 +12,7 @@
 //! On a real LAN, run on each machine (no bootstrap address needed):
 //!
 //! ```text
-//! chorus-node run --mdns --listen /ip4/0.0.0.0/tcp/7000 --http 0.0.0.0:8080
+//! chorus-node run --mdns --listen /ip4/0.0.0.0/tcp/7000 --http 0.0.0.0:8080 --advertise-http <its IP>:8080
 //! ```
 
 use chorus_node::testkit::{workspace_bin, Lan, NodeProc};
@@ -73,5 +73,8 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("On a real LAN, run on each machine:\n  chorus-node run --mdns --listen /ip4/0.0.0.0/tcp/7000 --http 0.0.0.0:8080");
+    println!(
+        "On a real LAN, run on each machine:\n  chorus-node run --mdns --listen /ip4/0.0.0.0/tcp/7000 \\\n    \
+         --http 0.0.0.0:8080 --advertise-http <its IP>:8080"
+    );
 }
